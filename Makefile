@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  make run  |  make test
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench bench-quick cards-check fixtures browser clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,postgres]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/cds-service serve --dev --host $(HOST) --port $(PORT)
+
+test: $(STAMP) browser
+	$(VENV)/bin/ruff check cds_service tests bench
+	$(VENV)/bin/mypy cds_service
+	$(VENV)/bin/cds-service cards check
+	$(VENV)/bin/pytest -n 2 --dist loadfile
+
+# The browser test drives Debian's Chromium; install it when missing and permitted (root + apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian chromium for the browser test"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+	      || echo "chromium could not be installed: the browser test will skip"; \
+	  else echo "chromium not installed and apt not permitted: the browser test will skip"; fi; }
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick
+
+cards-check: $(STAMP)
+	$(VENV)/bin/cds-service cards check
+
+fixtures: $(STAMP)
+	$(VENV)/bin/cds-service fixtures build
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,127 @@
+"""The HTTP surface: discovery, hook endpoints, feedback, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from .errors import BadRequest, NotFound, Unauthorized
+from .logs import mark_sensitive
+from .protocol import check_content_type, parse_feedback, parse_json, parse_request
+from .runtime import Runtime
+from .store import AuditRecord, patient_hmac
+
+log = logging.getLogger("cds_service.api")
+
+bp = Blueprint("cds", __name__)
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["cds_runtime"]
+    return rt
+
+
+def base_url() -> str:
+    """The base URL clients use: PUBLIC_BASE_URL when set (never the Host header behind a proxy)."""
+    configured = runtime().settings.base_url
+    return configured or request.url_root.rstrip("/")
+
+
+def authenticate() -> str | None:
+    """Verify the CDS client's JWT for this endpoint; the client's ``iss`` (None when AUTH=off)."""
+    rt = runtime()
+    if rt.settings.AUTH == "off":
+        return None
+    verifier = current_app.extensions.get("cds_verifier")
+    if verifier is None:
+        raise Unauthorized("no trusted issuers configured")
+    client = verifier.verify(request.headers.get("Authorization"), base_url() + request.path)
+    iss: str = client.iss
+    g.client_iss = iss
+    return iss
+
+
+def read_json() -> Any:
+    check_content_type(request.headers.get("Content-Type"))
+    return parse_json(request.get_data(cache=False), runtime().limits)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    authenticate()
+    services = [s.discovery_entry() for s in runtime().services.values()]
+    return _json({"services": services})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    started = time.perf_counter()
+    rt = runtime()
+    service = rt.services.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
+    iss = authenticate()
+    try:
+        hook_request = parse_request(read_json(), service.hook, rt.limits)
+    except BadRequest as exc:
+        rt.store.audit(AuditRecord(service_id=service.id, hook=service.hook, outcome="4xx",
+                                   status_code=exc.status, client_iss=iss,
+                                   latency_ms=(time.perf_counter() - started) * 1000))
+        raise
+    mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
+    result = rt.call(service, hook_request, base_url(), iss, started)
+    rt.store.audit(result.audit)
+    log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
+             result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",
+             len(result.withheld), result.audit.latency_ms)
+    return _json(result.body, result.status)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = runtime()
+    if service_id not in rt.services:
+        raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
+    iss = authenticate()
+    items = parse_feedback(read_json())
+    added = rt.store.add_feedback(service_id, items, iss)
+    log.info("feedback service=%s items=%d stored=%d", service_id, len(items), added)
+    return _json({})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    rt = runtime()
+    problems: list[str] = []
+    if not rt.catalog.cards:
+        problems.append("no card content loaded")
+    store_problem = rt.store.ping()
+    if store_problem:
+        problems.append(f"store unreachable ({store_problem})")
+    body: dict[str, Any] = {
+        "status": "ready" if not problems else "not-ready",
+        "cards": len(rt.catalog.cards),
+        "valueSets": len(rt.terminology.value_sets),
+        "audit": {"written": rt.store.audit_written, "lost": rt.store.audit_lost},
+    }
+    if problems:
+        body["reasons"] = problems
+    return _json(body, 200 if not problems else 503)
+
+
+def audit_patient(patient_id: str | None) -> str | None:
+    return patient_hmac(runtime().audit_key, patient_id)

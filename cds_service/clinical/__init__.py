@@ -1,0 +1,1 @@
+"""Clinical reasoning: pure functions over plain data (no Flask, requests or SQLAlchemy)."""

@@ -1,0 +1,711 @@
+"""Patient facts from the FHIR resources gathered for a call.  Pure: no I/O.
+
+Every resource is read leniently; one that cannot be read is skipped and named in a data note,
+never an error.  Raw JSON is filtered by code before anything else is read, so a large prefetch
+of unrelated labs costs one dictionary look-up (or one pre-compiled regex search) per resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from ..terminology import (
+    Terminology,
+    ValueSet,
+    as_list,
+    canonical_system,
+    codings,
+    concept_matches,
+    concept_texts,
+    normalise_text,
+)
+from .model import DataNote, Fact
+from .orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
+
+ANTIBODIES = {"jo1": "antibody-jo1", "pl7": "antibody-pl7", "pl12": "antibody-pl12",
+              "ej": "antibody-ej", "oj": "antibody-oj", "ro52": "antibody-ro52", "mda5": "antibody-mda5"}
+SYNTHETASE_ANTIBODIES = ("jo1", "pl7", "pl12", "ej", "oj")
+CONDITIONS = {"asys": "condition-asys", "ild": "condition-ild", "rp_ild": "condition-rp-ild",
+              "myositis": "condition-myositis", "dysphagia": "condition-dysphagia",
+              "vte_history": "condition-vte-history", "iga_deficiency": "condition-iga-deficiency",
+              "kidney_disease": "condition-kidney-disease", "heart_failure": "condition-heart-failure"}
+LABS = {"egfr": "lab-egfr", "creatinine": "lab-creatinine", "iga": "lab-iga", "weight": "lab-weight"}
+PFT_PERCENT = {"fvc_pct": "lab-fvc-pct", "dlco_pct": "lab-dlco-pct"}
+PFT_PARENTS = {"fvc_pct": "lab-fvc", "dlco_pct": "lab-dlco"}
+
+FINAL_STATUSES = {"final", "amended", "corrected"}
+POSITIVE_GRADES = {"positive", "strong-positive"}
+ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
+EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
+THERAPY_REQUEST_STATUSES = {"active", "completed", "on-hold"}
+THERAPY_STATEMENT_STATUSES = {"active", "completed", "intended"}
+THERAPY_WINDOW = timedelta(days=180)
+PLASMA_EXCHANGE_RECENT = timedelta(days=7)
+FVC_DECLINE_WINDOW = timedelta(days=90)
+FVC_DECLINE_POINTS = 10.0
+STRONG_FACTOR = 3.0
+
+# Result answer codes (terminology note §5): SNOMED and LOINC answer list LL360-9.
+_ANSWER_CODES = {
+    ("http://snomed.info/sct", "10828004"): "positive",
+    ("http://snomed.info/sct", "260385009"): "negative",
+    ("http://loinc.org", "LA6576-8"): "positive",
+    ("http://loinc.org", "LA6577-6"): "negative",
+}
+# v3-ObservationInterpretation (terminology note §5).  HH/HU mean "above range", not "strong".
+_INTERPRETATION = {
+    "POS": "positive", "DET": "positive", "A": "positive", "AA": "positive", "H": "positive",
+    "HH": "positive", "HU": "positive", ">": "positive",
+    "NEG": "negative", "ND": "negative", "N": "negative", "L": "negative",
+    "IND": "equivocal", "E": "equivocal",
+}
+# Result wording as labs print it.  Parsing vocabulary, not clinical advice.
+_STRONG_WORDS = re.compile(r"\b(strong(ly)?|high(ly)?|marked(ly)?)\s*(pos|positive|reactive)\b|\+\+\+")
+_EQUIVOCAL_WORDS = re.compile(r"\b(equivocal|borderline|indeterminate|inconclusive|weak(ly)?\s+reactive"
+                              r"|low\s+positive\?)\b|\+/-|\+-")
+_NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|absent|none\s+detected|nd)\b"
+                             r"|^\s*-\s*$")
+_POSITIVE_WORDS = re.compile(r"\b(pos|positive|detected|reactive|present)\b|\+")
+_RANGE_TEXT = re.compile(r"^\s*(?:<|<=|≤|less than)\s*([0-9]+(?:\.[0-9]+)?)|"
+                         r"^\s*[0-9]+(?:\.[0-9]+)?\s*(?:-|–|to)\s*([0-9]+(?:\.[0-9]+)?)")
+
+
+def grade_text(text: str) -> str | None:
+    """Grade a lab's free-text result: strong-positive | positive | equivocal | negative | None."""
+    low = text.strip().lower()
+    if not low:
+        return None
+    if _STRONG_WORDS.search(low):
+        return "strong-positive"
+    if _EQUIVOCAL_WORDS.search(low):
+        return "equivocal"
+    if _NEGATIVE_WORDS.search(low):
+        return "negative"
+    if _POSITIVE_WORDS.search(low):
+        return "positive"
+    return None
+
+
+# -- small readers ----------------------------------------------------------------------
+
+def parse_date(value: Any) -> date | None:
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        if len(value) == 4:
+            return date(int(value), 1, 1)
+        if len(value) == 7:
+            return date(int(value[:4]), int(value[5:7]), 1)
+        if len(value) == 10:
+            return date.fromisoformat(value)
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+def effective_date(resource: Mapping[str, Any]) -> date | None:
+    for key in ("effectiveDateTime", "effectiveInstant", "issued"):
+        found = parse_date(resource.get(key))
+        if found:
+            return found
+    period = resource.get("effectivePeriod")
+    if isinstance(period, Mapping):
+        return parse_date(period.get("end")) or parse_date(period.get("start"))
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _status_code(value: Any) -> str | None:
+    """A status that may be a code string or a CodeableConcept (clinicalStatus)."""
+    if isinstance(value, str):
+        return value.strip().lower()
+    for _, code, _ in codings(value):
+        return code.strip().lower()
+    if isinstance(value, Mapping) and isinstance(value.get("text"), str):
+        return str(value["text"]).strip().lower()
+    return None
+
+
+class Unreadable(Exception):
+    """A resource element could not be read; ``key`` names the reason in cards/_shared.yaml."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _reference_range(obs: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    for rng in as_list(obs.get("referenceRange")):
+        if not isinstance(rng, Mapping):
+            continue
+        low = rng.get("low")
+        high = rng.get("high")
+        low_v = _number(low.get("value")) if isinstance(low, Mapping) else None
+        high_v = _number(high.get("value")) if isinstance(high, Mapping) else None
+        if high_v is None and isinstance(rng.get("text"), str):
+            match = _RANGE_TEXT.match(rng["text"])
+            if match:
+                high_v = float(match.group(1) or match.group(2))
+        if low_v is not None or high_v is not None:
+            return low_v, high_v
+    return None, None
+
+
+def _interpretation_grade(obs: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(grade from interpretation codes/text, lab's own 'strong' wording present)."""
+    grade: str | None = None
+    strong = False
+    for concept in as_list(obs.get("interpretation")):
+        for _, code, _ in codings(concept):
+            grade = grade or _INTERPRETATION.get(code.strip().upper())
+        for text in concept_texts(concept):
+            text_grade = grade_text(text)
+            if text_grade == "strong-positive":
+                strong = True
+            grade = grade or ("positive" if text_grade == "strong-positive" else text_grade)
+    return grade, strong
+
+
+@dataclass(frozen=True)
+class Graded:
+    grade: str  # strong-positive | positive | equivocal | negative | unknown
+    value_text: str
+
+
+def grade_result(obs: Mapping[str, Any]) -> Graded:
+    """Grade an antibody result from whichever encoding the lab used."""
+    interp, interp_strong = _interpretation_grade(obs)
+    if "valueQuantity" in obs:
+        qty = obs["valueQuantity"]
+        if not isinstance(qty, Mapping):
+            raise Unreadable("unreadable-value")
+        value = _number(qty.get("value"))
+        if value is None:
+            raise Unreadable("unreadable-value")
+        unit = qty.get("unit") or qty.get("code") or ""
+        comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
+        text = f"{comparator}{value:g} {unit}".strip()
+        _, high = _reference_range(obs)
+        grade: str | None = None
+        if high is not None and high > 0:
+            above = value > high or (value == high and comparator in (">", ">="))
+            below = value <= high and comparator not in (">", ">=")
+            if above:
+                grade = "strong-positive" if value >= STRONG_FACTOR * high else "positive"
+            elif below:
+                grade = "negative"
+        if interp is not None:
+            # The lab's own call wins on positive/negative/equivocal; the number grades strength.
+            if interp == "positive":
+                grade = "strong-positive" if (grade == "strong-positive" or interp_strong) else "positive"
+            else:
+                grade = interp
+        return Graded(grade or "unknown", text)
+    if "valueCodeableConcept" in obs:
+        concept = obs["valueCodeableConcept"]
+        value_grade: str | None = None
+        for system, code, _ in codings(concept):
+            value_grade = value_grade or _ANSWER_CODES.get((canonical_system(system), code.strip()))
+        texts = list(concept_texts(concept))
+        text_grades = [g for g in (grade_text(t) for t in texts) if g]
+        if value_grade is None and text_grades:
+            value_grade = text_grades[0]
+        if value_grade == "positive" and ("strong-positive" in text_grades or interp_strong):
+            value_grade = "strong-positive"
+        if value_grade is None and not texts and not list(codings(concept)):
+            raise Unreadable("unreadable-value")
+        grade = value_grade or interp
+        if grade == "positive" and interp_strong:
+            grade = "strong-positive"
+        return Graded(grade or "unknown", texts[0] if texts else "")
+    if "valueString" in obs:
+        text = obs["valueString"]
+        if not isinstance(text, str):
+            raise Unreadable("unreadable-value")
+        value_grade = grade_text(text)
+        grade = value_grade or interp
+        if grade == "positive" and interp_strong:
+            grade = "strong-positive"
+        return Graded(grade or "unknown", text[:80])
+    if "valueBoolean" in obs and isinstance(obs["valueBoolean"], bool):
+        return Graded("positive" if obs["valueBoolean"] else "negative", "")
+    if interp is not None:
+        return Graded("strong-positive" if interp == "positive" and interp_strong else interp, "")
+    return Graded("unknown", "")
+
+
+# -- facts ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AntibodyResult:
+    antibody: str
+    status: str
+    date: date | None
+    reference: str
+    value_text: str
+
+
+@dataclass(frozen=True)
+class LabValue:
+    value: float
+    unit: str
+    date: date | None
+    reference: str
+    flag: str | None  # "high" | "low" | None
+    low: float | None
+    high: float | None
+    comparator: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.comparator}{self.value:g} {self.unit}".strip()
+
+
+@dataclass(frozen=True)
+class Therapy:
+    name: str
+    reference: str
+    date: date | None
+    status: str
+    co_ordered: bool
+    pulse_methylprednisolone: bool
+
+
+@dataclass
+class PatientFacts:
+    today: date
+    antibodies: dict[str, AntibodyResult] = field(default_factory=dict)
+    conditions: dict[str, list[Fact]] = field(default_factory=dict)
+    asys_antibody_defined: bool = False
+    fvc_decline: Fact | None = None
+    therapies: list[Therapy] = field(default_factory=list)
+    plasma_exchange: list[Fact] = field(default_factory=list)
+    labs: dict[str, LabValue] = field(default_factory=dict)
+    pft: dict[str, LabValue] = field(default_factory=dict)
+    notes: list[DataNote] = field(default_factory=list)
+    antibody_results_seen: int = 0
+
+    # -- derived ------------------------------------------------------------------------
+    def has(self, condition: str) -> bool:
+        return bool(self.conditions.get(condition))
+
+    def antibody_positive(self, antibody: str) -> bool:
+        result = self.antibodies.get(antibody)
+        return result is not None and result.status in POSITIVE_GRADES
+
+    @property
+    def ild(self) -> bool:
+        return self.has("ild")
+
+    @property
+    def rp_ild(self) -> bool:
+        return self.has("rp_ild") or (self.ild and self.fvc_decline is not None)
+
+    @property
+    def myositis(self) -> bool:
+        return self.has("myositis")
+
+    @property
+    def asys(self) -> bool:
+        return self.has("asys") or self.asys_antibody_defined
+
+    @property
+    def any_antibody_positive(self) -> bool:
+        return any(self.antibody_positive(a) for a in ANTIBODIES)
+
+    @property
+    def has_antibody_results(self) -> bool:
+        return bool(self.antibodies)
+
+    @property
+    def first_line_on_record(self) -> list[Therapy]:
+        return [t for t in self.therapies if not t.co_ordered]
+
+    @property
+    def first_line_co_ordered(self) -> list[Therapy]:
+        return [t for t in self.therapies if t.co_ordered]
+
+
+class _Matcher:
+    """Value sets compiled for fast filtering of raw resources."""
+
+    def __init__(self, terminology: Terminology, groups: Mapping[str, str]) -> None:
+        self.sets: dict[str, ValueSet] = {name: terminology[vs_id] for name, vs_id in groups.items()
+                                          if vs_id in terminology}
+        self.by_code: dict[tuple[str, str], list[str]] = {}
+        for name, vs in self.sets.items():
+            for code in vs.codes:
+                self.by_code.setdefault(code, []).append(name)
+        aliases = sorted({a.strip() for vs in self.sets.values() for a in vs.aliases}, key=len, reverse=True)
+        self.any_alias = re.compile(" (?:" + "|".join(re.escape(a) for a in aliases) + ") ") if aliases else None
+
+    def match(self, concept: Any) -> list[str]:
+        """Names of the groups a CodeableConcept belongs to: by code first, then by text."""
+        names: list[str] = []
+        for system, code, _ in codings(concept):
+            hits = self.by_code.get((canonical_system(system), code.strip()))
+            if hits:
+                names.extend(h for h in hits if h not in names)
+            else:
+                for name, vs in self.sets.items():
+                    if (vs.icd_prefixes or vs.ndc_products) and vs.has_coding(system, code) \
+                            and name not in names:
+                        names.append(name)
+        if names:
+            return names
+        if self.any_alias is None:
+            return names
+        for text in concept_texts(concept):
+            norm = normalise_text(text)
+            if not self.any_alias.search(norm):
+                continue
+            for name, vs in self.sets.items():
+                if name not in names and vs.matches_text(text):
+                    names.append(name)
+        return names
+
+
+@dataclass
+class _Catalogue:
+    """Per-terminology compiled matchers, built once and reused for every call."""
+
+    antibodies: _Matcher
+    conditions: _Matcher
+    labs: _Matcher
+    pft: _Matcher
+    pft_parents: _Matcher
+    first_line: ValueSet
+    methylprednisolone: ValueSet
+    intravenous: ValueSet
+    plasma_exchange: ValueSet
+
+
+_CATALOGUES: dict[int, _Catalogue] = {}
+
+
+def _catalogue(terminology: Terminology) -> _Catalogue:
+    found = _CATALOGUES.get(id(terminology))
+    if found is None:
+        found = _Catalogue(
+            antibodies=_Matcher(terminology, ANTIBODIES),
+            conditions=_Matcher(terminology, CONDITIONS),
+            labs=_Matcher(terminology, LABS),
+            pft=_Matcher(terminology, PFT_PERCENT),
+            pft_parents=_Matcher(terminology, PFT_PARENTS),
+            first_line=terminology["medication-first-line"],
+            methylprednisolone=terminology["medication-methylprednisolone"],
+            intravenous=terminology["route-intravenous"],
+            plasma_exchange=terminology["procedure-plasma-exchange"],
+        )
+        _CATALOGUES[id(terminology)] = found
+    return found
+
+
+def _iso(d: date | None) -> str | None:
+    return d.isoformat() if d else None
+
+
+def _newer(candidate_date: date | None, current_date: date | None) -> bool:
+    if current_date is None:
+        return True
+    return candidate_date is not None and candidate_date >= current_date
+
+
+class _Extractor:
+    def __init__(self, terminology: Terminology, today: date) -> None:
+        self.cat = _catalogue(terminology)
+        self.facts = PatientFacts(today=today)
+        self.medications: dict[str, dict[str, Any]] = {}
+        self.fvc_series: list[tuple[date, float, str]] = []
+
+    def note(self, key: str, resource: Any) -> None:
+        ref = reference_of(resource) if isinstance(resource, Mapping) else None
+        self.facts.notes.append(DataNote("skipped-resource", key, ref))
+
+    # -- observations -------------------------------------------------------------------
+    def observation(self, obs: Mapping[str, Any]) -> None:
+        code = obs.get("code")
+        if code is not None and not isinstance(code, Mapping):
+            raise Unreadable("unreadable-code")
+        antibody_hits = self.cat.antibodies.match(code)
+        lab_hits = [] if antibody_hits else self.cat.labs.match(code)
+        pft_hits = [] if antibody_hits or lab_hits else self.cat.pft.match(code)
+        parent_hits = [] if antibody_hits or lab_hits or pft_hits else self.cat.pft_parents.match(code)
+        components = as_list(obs.get("component"))
+        if not (antibody_hits or lab_hits or pft_hits or parent_hits or components):
+            return
+        status = obs.get("status")
+        if not isinstance(status, str):
+            raise Unreadable("unreadable-status")
+        if status not in FINAL_STATUSES:
+            return
+        when = effective_date(obs)
+        ref = reference_of(obs)
+        for name in antibody_hits:
+            self._antibody(name, obs, when, ref)
+        for name in lab_hits:
+            self._lab(name, obs, when, ref)
+        for name in pft_hits:
+            self._pft(name, obs, when, ref)
+        for component in components:
+            if not isinstance(component, Mapping):
+                continue
+            c_code = component.get("code")
+            for name in self.cat.antibodies.match(c_code):
+                self._antibody(name, component, when, ref)
+            for name in self.cat.pft.match(c_code):
+                self._pft(name, component, when, ref)
+
+    def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
+        graded = grade_result(obs)
+        self.facts.antibody_results_seen += 1
+        current = self.facts.antibodies.get(name)
+        if current is None or _newer(when, current.date):
+            self.facts.antibodies[name] = AntibodyResult(name, graded.grade, when, ref, graded.value_text)
+
+    def _quantity(self, obs: Mapping[str, Any], when: date | None, ref: str) -> LabValue | None:
+        qty = obs.get("valueQuantity")
+        if qty is None:
+            return None
+        if not isinstance(qty, Mapping):
+            raise Unreadable("unreadable-value")
+        value = _number(qty.get("value"))
+        if value is None:
+            raise Unreadable("unreadable-value")
+        unit = str(qty.get("unit") or qty.get("code") or "")
+        comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
+        low, high = _reference_range(obs)
+        flag: str | None = None
+        for concept in as_list(obs.get("interpretation")):
+            for _, code, _ in codings(concept):
+                upper = code.strip().upper()
+                if upper in ("H", "HH", "HU", "A", "AA", ">"):
+                    flag = "high"
+                elif upper in ("L", "LL", "LU", "<"):
+                    flag = "low"
+        if flag is None and high is not None and value > high:
+            flag = "high"
+        if flag is None and low is not None and (value < low or (value == low and comparator in ("<", "<="))):
+            flag = "low"
+        return LabValue(value, unit, when, ref, flag, low, high, str(comparator or ""))
+
+    def _lab(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
+        lab = self._quantity(obs, when, ref)
+        if lab is None:
+            return
+        if name == "weight":
+            lab = _as_kilograms(lab)
+            if lab is None:
+                raise Unreadable("unreadable-value")
+        current = self.facts.labs.get(name)
+        if current is None or _newer(when, current.date):
+            self.facts.labs[name] = lab
+
+    def _pft(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
+        lab = self._quantity(obs, when, ref)
+        if lab is None:
+            return
+        if name == "fvc_pct" and when is not None:
+            self.fvc_series.append((when, lab.value, ref))
+        current = self.facts.pft.get(name)
+        if current is None or _newer(when, current.date):
+            self.facts.pft[name] = lab
+
+    # -- conditions ---------------------------------------------------------------------
+    def condition(self, cond: Mapping[str, Any]) -> None:
+        code = cond.get("code")
+        if code is not None and not isinstance(code, Mapping):
+            raise Unreadable("unreadable-code")
+        hits = self.cat.conditions.match(code)
+        if not hits:
+            return
+        verification = _status_code(cond.get("verificationStatus"))
+        if verification in EXCLUDED_VERIFICATION:
+            return
+        clinical = _status_code(cond.get("clinicalStatus"))
+        active = clinical is None or clinical in ACTIVE_CLINICAL
+        when = (parse_date(cond.get("onsetDateTime")) or parse_date(cond.get("recordedDate"))
+                or parse_date((cond.get("onsetPeriod") or {}).get("start")
+                              if isinstance(cond.get("onsetPeriod"), Mapping) else None))
+        text = next(iter(concept_texts(code)), "") if code is not None else ""
+        for name in hits:
+            # A history (VTE) counts whatever its clinical status; everything else must be current.
+            if not active and name != "vte_history":
+                continue
+            if name == "rp_ild" and "ild" not in hits:
+                continue  # "rapidly progressive" must be said of the lung disease itself
+            fact = Fact(label=self.cat.conditions.sets[name].title, value_text=text[:120] or None,
+                        date=_iso(when), reference=reference_of(cond))
+            self.facts.conditions.setdefault(name, []).append(fact)
+
+    # -- medications --------------------------------------------------------------------
+    def medication(self, med: Mapping[str, Any], co_ordered: bool = False) -> None:
+        rtype = med.get("resourceType")
+        status = med.get("status")
+        if not isinstance(status, str):
+            raise Unreadable("unreadable-status")
+        if not co_ordered:
+            allowed = THERAPY_STATEMENT_STATUSES if rtype == "MedicationStatement" else THERAPY_REQUEST_STATUSES
+            if status not in allowed:
+                return
+        concepts = [c for c in medication_concepts(med, self.medications) if c is not None]
+        if not any(concept_matches(self.cat.first_line, c) for c in concepts):
+            return
+        when = _medication_date(med)
+        # An active order or statement is current therapy whatever its age; a completed or
+        # paused one counts only when its latest date lies within the last 180 days.
+        if not co_ordered and status != "active" and (when is None or self.facts.today - when > THERAPY_WINDOW):
+            return
+        name = ""
+        for concept in concepts:
+            name = next(iter(concept_texts(concept)), "") or next((c for _, c, _ in codings(concept)), "")
+            if name:
+                break
+        pulse = any(concept_matches(self.cat.methylprednisolone, c) for c in concepts) and (
+            any(concept_matches(self.cat.intravenous, r) for r in route_texts_and_codes(med))
+            or any(concept_matches(self.cat.intravenous, c) for c in concepts))
+        self.facts.therapies.append(Therapy(name[:120], reference_of(med), when, status, co_ordered, pulse))
+
+    # -- plasma exchange ----------------------------------------------------------------
+    def plasma_exchange(self, res: Mapping[str, Any]) -> None:
+        code = res.get("code")
+        if code is not None and not isinstance(code, Mapping):
+            raise Unreadable("unreadable-code")
+        if not concept_matches(self.cat.plasma_exchange, code):
+            return
+        status = res.get("status")
+        if not isinstance(status, str):
+            raise Unreadable("unreadable-status")
+        when: date | None
+        if res.get("resourceType") == "ServiceRequest":
+            if status not in ("active", "draft"):
+                return
+            when = parse_date(res.get("occurrenceDateTime")) or parse_date(res.get("authoredOn"))
+        else:
+            period = res.get("performedPeriod")
+            when = parse_date(res.get("performedDateTime")) or (
+                (parse_date(period.get("end")) or parse_date(period.get("start")))
+                if isinstance(period, Mapping) else None)
+            recent = when is not None and abs(self.facts.today - when) <= PLASMA_EXCHANGE_RECENT
+            if status not in ("in-progress", "preparation") and not (status == "completed" and recent):
+                return
+        text = next(iter(concept_texts(code)), "") if code is not None else ""
+        self.facts.plasma_exchange.append(Fact(label=self.cat.plasma_exchange.title,
+                                               value_text=(f"{text} ({status})" if text else status)[:120],
+                                               date=_iso(when), reference=reference_of(res)))
+
+    # -- derived facts ------------------------------------------------------------------
+    def finish(self) -> PatientFacts:
+        facts = self.facts
+        if facts.has("ild") or facts.has("myositis"):
+            facts.asys_antibody_defined = any(facts.antibody_positive(a) for a in SYNTHETASE_ANTIBODIES)
+        facts.fvc_decline = _fvc_decline(self.fvc_series, self.cat.pft.sets.get("fvc_pct"))
+        return facts
+
+
+def _as_kilograms(lab: LabValue) -> LabValue | None:
+    unit = lab.unit.strip().lower()
+    factor = {"kg": 1.0, "kilogram": 1.0, "kilograms": 1.0, "g": 0.001, "[lb_av]": 0.45359237,
+              "lb": 0.45359237, "lbs": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237}.get(unit)
+    if factor is None or lab.value <= 0:
+        return None
+    return LabValue(round(lab.value * factor, 1), "kg", lab.date, lab.reference, None, None, None)
+
+
+def _medication_date(med: Mapping[str, Any]) -> date | None:
+    candidates: list[date | None] = [parse_date(med.get("authoredOn")), parse_date(med.get("dateAsserted")),
+                                     parse_date(med.get("effectiveDateTime"))]
+    period = med.get("effectivePeriod")
+    if isinstance(period, Mapping):
+        candidates += [parse_date(period.get("end")), parse_date(period.get("start"))]
+    for dosage in as_list(med.get("dosageInstruction")) + as_list(med.get("dosage")):
+        if isinstance(dosage, Mapping):
+            timing = dosage.get("timing")
+            repeat = timing.get("repeat") if isinstance(timing, Mapping) else None
+            bounds = repeat.get("boundsPeriod") if isinstance(repeat, Mapping) else None
+            if isinstance(bounds, Mapping):
+                candidates += [parse_date(bounds.get("end")), parse_date(bounds.get("start"))]
+    dispense = med.get("dispenseRequest")
+    if isinstance(dispense, Mapping) and isinstance(dispense.get("validityPeriod"), Mapping):
+        candidates.append(parse_date(dispense["validityPeriod"].get("end")))
+    dated = [d for d in candidates if d is not None]
+    return max(dated) if dated else None
+
+
+def _fvc_decline(series: list[tuple[date, float, str]], vs: ValueSet | None) -> Fact | None:
+    """A fall of ≥10 points in FVC % predicted from an earlier value within 90 days of the newest."""
+    if len(series) < 2:
+        return None
+    series = sorted(series)
+    newest_date, newest_value, newest_ref = series[-1]
+    earlier = [(d, v, r) for d, v, r in series[:-1] if newest_date - d <= FVC_DECLINE_WINDOW]
+    if not earlier:
+        return None
+    peak_date, peak_value, _ = max(earlier, key=lambda item: item[1])
+    if peak_value - newest_value < FVC_DECLINE_POINTS:
+        return None
+    return Fact(label=vs.title if vs else "FVC % predicted",
+                value_text=f"{peak_value:g} → {newest_value:g} ({peak_date.isoformat()} → {newest_date.isoformat()})",
+                date=newest_date.isoformat(), reference=newest_ref)
+
+
+def extract(resources: Iterable[Any], terminology: Terminology, today: date,
+            draft_orders: Iterable[Any] = (), exclude_references: Iterable[str] = ()) -> PatientFacts:
+    """Facts from ``resources`` (all prefetched/fetched resources) and the call's other draft orders.
+
+    ``exclude_references``: the IVIG orders themselves (not therapy "on record").
+    """
+    extractor = _Extractor(terminology, today)
+    resources = list(resources)
+    draft_orders = [d for d in draft_orders if isinstance(d, Mapping)]
+    extractor.medications = bundled_medications([r for r in resources + draft_orders if isinstance(r, dict)])
+    excluded = set(exclude_references)
+    for resource in resources:
+        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+            extractor.facts.notes.append(DataNote("skipped-resource", "not-a-resource", None))
+            continue
+        rtype = resource["resourceType"]
+        try:
+            if rtype == "Observation":
+                extractor.observation(resource)
+            elif rtype == "Condition":
+                extractor.condition(resource)
+            elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder"):
+                if reference_of(resource) not in excluded:
+                    extractor.medication(resource)
+            elif rtype in ("ServiceRequest", "Procedure"):
+                extractor.plasma_exchange(resource)
+        except Unreadable as problem:
+            extractor.note(problem.key, resource)
+        except (TypeError, AttributeError, ValueError, KeyError):
+            extractor.note("unexpected-type", resource)
+    for order in draft_orders:
+        if reference_of(order) in excluded:
+            continue
+        try:
+            if order.get("resourceType") in ("MedicationRequest", "MedicationOrder"):
+                extractor.medication(order, co_ordered=True)
+            elif order.get("resourceType") == "ServiceRequest":
+                extractor.plasma_exchange({**order, "status": "draft"}
+                                          if order.get("status") not in ("active", "draft") else order)
+        except Unreadable as problem:
+            extractor.note(problem.key, order)
+        except (TypeError, AttributeError, ValueError, KeyError):
+            extractor.note("unexpected-type", order)
+    return extractor.finish()

@@ -1,0 +1,112 @@
+"""Logging with PHI and secrets kept out of every line, at every level.
+
+Two layers: the code never formats patient data or tokens into log messages, and a filter on
+the root handler redacts, as a second line of defence, anything shaped like a JWT or bearer
+token and every value registered as sensitive for the current request (patient id, access
+token, …) — so a future careless ``log.debug(resource)`` still cannot leak them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+
+_SENSITIVE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("cds_sensitive", default=())
+_TOKEN_PATTERNS = (
+    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),  # JWT / JWS
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)(\"?access_token\"?\s*[:=]\s*\"?)[^\"\s,}]+"),
+)
+REDACTED = "[redacted]"
+
+
+def mark_sensitive(*values: str | None) -> None:
+    """Register values (patient id, tokens, names) to be redacted from logs in this context."""
+    current = _SENSITIVE.get()
+    extra = tuple(v for v in values if isinstance(v, str) and len(v) >= 3 and v not in current)
+    if extra:
+        _SENSITIVE.set(current + extra)
+
+
+def clear_sensitive() -> None:
+    _SENSITIVE.set(())
+
+
+def redact(text: str) -> str:
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+    for value in sorted(_SENSITIVE.get(), key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a record's message (for handlers that see records made before set-up)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _clean(record)
+        return True
+
+
+def _clean(record: logging.LogRecord) -> None:
+    if getattr(record, "_cds_redacted", False):
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string must not break logging
+        message = str(record.msg)
+    record.msg = redact(message)
+    record.args = None
+    if record.exc_info and record.exc_info[1] is not None:
+        # Keep the traceback for operators, redacted like the message.
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+    record._cds_redacted = True
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _install_record_factory() -> None:
+    """Redact at record creation, so every handler (files, gunicorn, pytest's caplog) is covered."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_cds_redacting", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _clean(record)
+        return record
+
+    factory._cds_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_configured = False
+
+
+def install_filter(handler: logging.Handler) -> None:
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Root handler on stderr with the redacting filter; idempotent (tests create many apps)."""
+    global _configured
+    _install_record_factory()
+    root = logging.getLogger()
+    if not _configured:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        _configured = True
+    for handler in root.handlers:
+        install_filter(handler)
+    logging.getLogger("cds_service").setLevel(getattr(logging, level.upper(), logging.INFO))
+    # Library loggers may print URLs with query strings (patient ids): keep them quiet.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

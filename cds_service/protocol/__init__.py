@@ -1,0 +1,172 @@
+"""The CDS Hooks 2.0 wire format: request parsing and validation, response shaping."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BadRequest, UnsupportedMediaType
+from .schema import first_error
+
+_JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]*\+)?json$")
+_RELATIVE_REF = re.compile(r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_depth: int = 64
+    max_prefetch_resources: int = 50_000
+    max_draft_orders: int = 200
+    max_string_length: int = 1_000_000
+
+
+@dataclass
+class HookRequest:
+    """A validated hook call.  ``access_token`` is transient: never logged, never stored."""
+
+    hook: str
+    hook_instance: str
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None
+    fhir_server: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    patient_id: str = ""
+    user_id: str = ""
+    encounter_id: str | None = None
+    selections: list[str] = field(default_factory=list)
+    draft_orders: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_content_type(content_type: str | None) -> None:
+    media = (content_type or "").split(";")[0].strip().lower()
+    if not _JSON_TYPES.match(media):
+        shown = media or "none"
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {shown}")
+
+
+def _check_shape(value: Any, limits: Limits) -> None:
+    """Depth and string-length limits, iteratively (no recursion on hostile input)."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "$")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > limits.max_depth:
+            raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels at {path}",
+                             code="too_deep")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if len(key) > limits.max_string_length:
+                    raise BadRequest(f"object key longer than {limits.max_string_length} characters at {path}",
+                                     code="string_too_long")
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, f"{path}.{key}"))
+                elif isinstance(child, str) and len(child) > limits.max_string_length:
+                    raise BadRequest(f"string longer than {limits.max_string_length} characters at {path}.{key}",
+                                     code="string_too_long")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, f"{path}[{index}]"))
+                elif isinstance(child, str) and len(child) > limits.max_string_length:
+                    raise BadRequest(f"string longer than {limits.max_string_length} characters at {path}[{index}]",
+                                     code="string_too_long")
+
+
+def parse_json(body: bytes, limits: Limits) -> Any:
+    if not body:
+        raise BadRequest("request body is empty; a JSON object is required", code="invalid_json")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                         code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
+    _check_shape(value, limits)
+    return value
+
+
+def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
+    count = 0
+    for value in prefetch.values():
+        if isinstance(value, Mapping):
+            entries = value.get("entry")
+            count += len(entries) if isinstance(entries, list) else 1
+    return count
+
+
+def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
+    """Validate a hook request for a service whose hook is ``hook``; 400 with the JSON path on error."""
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_request")
+    problem = first_error("request.json", payload)
+    if problem:
+        raise BadRequest(problem)
+    if payload["hook"] != hook:
+        raise BadRequest(f"$.hook is {payload['hook']!r} but this service answers the {hook!r} hook",
+                         code="wrong_hook")
+    context_schema = f"context-{hook}.json"
+    problem = first_error(context_schema, payload["context"])
+    if problem:
+        raise BadRequest(problem.replace("$", "$.context", 1))
+    context: dict[str, Any] = payload["context"]
+    entries = context["draftOrders"].get("entry") or []
+    if len(entries) > limits.max_draft_orders:
+        raise BadRequest(f"$.context.draftOrders has {len(entries)} entries; at most "
+                         f"{limits.max_draft_orders} are accepted", code="too_many_draft_orders")
+    draft_orders = [e["resource"] for e in entries]
+    prefetch = payload.get("prefetch")
+    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
+        raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
+                         code="too_many_prefetch_resources")
+    selections = [s for s in context.get("selections", [])]
+    # A selection that names no draft order is tolerated: there is nothing to decide for it.
+    for index, ref in enumerate(selections):
+        if not _RELATIVE_REF.match(ref):
+            raise BadRequest(f"$.context.selections[{index}] must be a relative reference like "
+                             f"'MedicationRequest/123', not {ref[:80]!r}", code="invalid_request")
+    auth = payload.get("fhirAuthorization")
+    return HookRequest(
+        hook=hook,
+        hook_instance=payload["hookInstance"],
+        context=context,
+        prefetch=prefetch,
+        fhir_server=payload.get("fhirServer"),
+        access_token=auth.get("access_token") if isinstance(auth, dict) else None,
+        patient_id=context["patientId"],
+        user_id=context["userId"],
+        encounter_id=context.get("encounterId"),
+        selections=selections,
+        draft_orders=draft_orders,
+    )
+
+
+def parse_feedback(payload: Any) -> list[dict[str, Any]]:
+    if not isinstance(payload, dict):
+        raise BadRequest("feedback body must be a JSON object with a 'feedback' array")
+    problem = first_error("feedback.json", payload)
+    if problem:
+        raise BadRequest(problem)
+    items: list[dict[str, Any]] = payload["feedback"]
+    return items
+
+
+def strip_empty(value: Any) -> Any:
+    """Drop nulls and empty optional values (the spec: omit them), recursively."""
+    if isinstance(value, dict):
+        out = {}
+        for key, child in value.items():
+            child = strip_empty(child)
+            if child is None or child == "" or child == [] or child == {}:
+                continue
+            out[key] = child
+        return out
+    if isinstance(value, list):
+        return [strip_empty(v) for v in value if v is not None]
+    return value

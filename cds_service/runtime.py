@@ -1,0 +1,118 @@
+"""Everything a request needs that is built once at start-up (value sets, content, services)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from .clinical import facts as clinical_facts
+from .clinical import orders as clinical_orders
+from .clinical import rules as clinical_rules
+from .content import Catalog, Withheld
+from .errors import PreconditionFailed
+from .fhir import FhirClient, Gathered, gather
+from .protocol import HookRequest, Limits
+from .services import ServiceDefinition, build_services
+from .settings import Settings
+from .store import AuditRecord, Store, patient_hmac
+from .terminology import Terminology
+
+log = logging.getLogger("cds_service.runtime")
+
+
+@dataclass
+class CallResult:
+    body: dict[str, Any]
+    status: int
+    audit: AuditRecord
+    withheld: list[Withheld] = field(default_factory=list)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    terminology: Terminology
+    catalog: Catalog
+    services: dict[str, ServiceDefinition]
+    store: Store
+    fhir: FhirClient
+    audit_key: bytes
+    limits: Limits
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        cards_dir = Path(settings.CARDS_DIR)
+        terminology = Terminology.load(cards_dir / "valuesets")
+        catalog = Catalog.load(cards_dir, terminology)
+        store = Store(settings.DATABASE_URL, queue_size=settings.AUDIT_QUEUE_SIZE)
+        try:
+            store.create_schema()
+        except Exception as exc:  # a down store must not stop the service; /readyz says so
+            log.warning("store not reachable at start-up (%s); hook calls still served", type(exc).__name__)
+        if settings.AUDIT_KEY:
+            audit_key = settings.AUDIT_KEY.encode("utf-8")
+        else:
+            audit_key = secrets.token_bytes(32)
+            log.warning("CDS_AUDIT_KEY is not set: patient ids in audit rows are keyed per process "
+                        "and cannot be linked across restarts or replicas")
+        limits = Limits(max_depth=settings.MAX_JSON_DEPTH, max_prefetch_resources=settings.MAX_PREFETCH_RESOURCES,
+                        max_draft_orders=settings.MAX_DRAFT_ORDERS, max_string_length=settings.MAX_STRING_LENGTH)
+        return cls(settings, terminology, catalog, build_services(terminology), store,
+                   FhirClient.from_settings(settings), audit_key, limits)
+
+    # -- one hook call ------------------------------------------------------------------
+    def today(self) -> date:
+        return datetime.now(UTC).date()
+
+    def call(self, service: ServiceDefinition, request: HookRequest, base_url: str,
+             client_iss: str | None, started: float) -> CallResult:
+        audit = AuditRecord(service_id=service.id, hook=service.hook, outcome="no-cards", status_code=200,
+                            latency_ms=0.0, hook_instance=request.hook_instance, client_iss=client_iss,
+                            patient_hmac=patient_hmac(self.audit_key, request.patient_id))
+        entries = request.context.get("draftOrders", {}).get("entry")
+        orders = clinical_orders.ivig_orders(service.hook, request.draft_orders, request.selections,
+                                             self.terminology, entries if isinstance(entries, list) else None)
+        if not orders:
+            # Most orders are not IVIG: answer at once, read no prefetch, call no server.
+            audit.latency_ms = (time.perf_counter() - started) * 1000
+            return CallResult({"cards": []}, 200, audit)
+        try:
+            gathered: Gathered = gather(request, service, self.settings, self.fhir)
+        except PreconditionFailed as exc:
+            audit.outcome, audit.status_code = "412", 412
+            audit.prefetch = {"missing": list(exc.missing_keys)}
+            audit.latency_ms = (time.perf_counter() - started) * 1000
+            return CallResult(exc.body(), 412, audit)
+        audit.prefetch = {k: {"status": o.status, "ms": round(o.elapsed_ms, 1)}
+                          for k, o in gathered.outcomes.items()}
+        facts = clinical_facts.extract(gathered.resources, self.terminology, self.today(),
+                                       draft_orders=request.draft_orders,
+                                       exclude_references=[o.reference for o in orders])
+        evaluation = clinical_rules.decide(facts, orders, self.terminology, frozenset(gathered.failed_keys))
+        variables = dict(evaluation.variables, patient_id=request.patient_id)
+        cards: list[dict[str, Any]] = []
+        withheld: list[Withheld] = []
+        policy = self.settings.CONTENT_POLICY
+        today = self.today()
+        for decision in evaluation.decisions:
+            reason = self.catalog.servable(decision.card_id, policy, today)
+            if reason is not None:
+                withheld.append(Withheld(decision.card_id, reason))
+                continue
+            cards.append(self.catalog.render(decision, variables, evaluation.notes, base_url, policy))
+        cards.sort(key=lambda c: clinical_rules.INDICATOR_ORDER.get(c["indicator"], 3))
+        if withheld:
+            log.warning("content withheld under %s: %s", policy,
+                        ", ".join(f"{w.card_id} ({w.reason})" for w in withheld))
+        audit.outcome = "cards" if cards else "no-cards"
+        audit.cards = [{"uuid": c["uuid"], **{k: c["extension"]["org.example.ivig-cds"][k]
+                                              for k in ("cardId", "version", "contentHash")}} for c in cards]
+        audit.withheld = [{"cardId": w.card_id, "reason": w.reason} for w in withheld]
+        audit.latency_ms = (time.perf_counter() - started) * 1000
+        return CallResult({"cards": cards}, 200, audit, withheld)

@@ -1,0 +1,162 @@
+"""Settings: one frozen dataclass read from ``CDS_*`` environment variables or a mapping.
+
+Nothing else in the package reads ``os.environ``.  Production defaults are strict;
+``cds-service serve --dev`` passes a relaxed mapping (see ``DEV_OVERRIDES``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CDS_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CARDS_DIR = PROJECT_ROOT / "cards"
+DEFAULT_FIXTURES_DIR = PROJECT_ROOT / "fixtures"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a value that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # -- protocol / HTTP ---------------------------------------------------------------
+    AUTH: str = "jwt"  # jwt | off
+    PUBLIC_BASE_URL: str = ""  # e.g. https://cds.example.org (no trailing slash)
+    CONTENT_POLICY: str = "approved-only"  # approved-only | all
+    CORS_ORIGINS: str = ""  # comma-separated origins or "*"
+    MAX_BODY_BYTES: int = 5 * 1024 * 1024
+    MAX_JSON_DEPTH: int = 64
+    MAX_PREFETCH_RESOURCES: int = 50_000
+    MAX_DRAFT_ORDERS: int = 200
+    MAX_STRING_LENGTH: int = 1_000_000
+    DEMO: bool = False  # serve /demo (always on with --dev)
+    # -- storage -----------------------------------------------------------------------
+    DATABASE_URL: str = "sqlite:///var/ivig-cds.sqlite3"
+    AUDIT_KEY: str = ""  # HMAC key for patient ids in audit rows; random per process when empty
+    AUDIT_QUEUE_SIZE: int = 10_000
+    # -- FHIR fallback -----------------------------------------------------------------
+    FHIR_SERVERS: str = ""  # comma-separated allowed base URL prefixes, or "*" (any https)
+    FHIR_DEADLINE_S: float = 2.0
+    FHIR_MAX_PAGES: int = 10
+    FHIR_MAX_ENTRIES: int = 10_000
+    FHIR_MAX_RESPONSE_BYTES: int = 20 * 1024 * 1024
+    # -- client authentication (JWT) ----------------------------------------------------
+    TRUSTED_ISSUERS: str = ""  # path to a JSON file, or inline JSON
+    JWT_ALGORITHMS: str = "ES384,RS384"
+    JWT_CLOCK_SKEW_S: int = 60
+    JWT_MAX_LIFETIME_S: int = 3600
+    JWKS_REFRESH_INTERVAL_S: int = 300
+    JWKS_TIMEOUT_S: float = 3.0
+    REDIS_URL: str = ""  # shared jti replay cache for several replicas
+    # -- content -----------------------------------------------------------------------
+    CARDS_DIR: str = str(DEFAULT_CARDS_DIR)
+    FIXTURES_DIR: str = str(DEFAULT_FIXTURES_DIR)
+    LOG_LEVEL: str = "INFO"
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+
+    @property
+    def fhir_servers(self) -> list[str]:
+        return [s.strip() for s in self.FHIR_SERVERS.split(",") if s.strip()]
+
+    @property
+    def jwt_algorithms(self) -> list[str]:
+        return [a.strip() for a in self.JWT_ALGORITHMS.split(",") if a.strip()]
+
+    @property
+    def base_url(self) -> str:
+        return self.PUBLIC_BASE_URL.rstrip("/")
+
+    def validate(self) -> None:
+        if self.AUTH not in ("jwt", "off"):
+            raise SettingsError(f"AUTH must be 'jwt' or 'off', not {self.AUTH!r}")
+        if self.CONTENT_POLICY not in ("approved-only", "all"):
+            raise SettingsError(f"CONTENT_POLICY must be 'approved-only' or 'all', not {self.CONTENT_POLICY!r}")
+        if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("http://", "https://")):
+            raise SettingsError("PUBLIC_BASE_URL must be an absolute http(s) URL")
+        for name in ("MAX_BODY_BYTES", "MAX_JSON_DEPTH", "FHIR_MAX_PAGES", "FHIR_MAX_ENTRIES",
+                     "FHIR_MAX_RESPONSE_BYTES", "AUDIT_QUEUE_SIZE"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        if self.FHIR_DEADLINE_S <= 0:
+            raise SettingsError("FHIR_DEADLINE_S must be positive")
+        for alg in self.jwt_algorithms:
+            if alg.upper() == "NONE" or alg.upper().startswith("HS"):
+                raise SettingsError(f"JWT_ALGORITHMS may not contain {alg!r} (no 'none', no symmetric algorithms)")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+# What ``serve --dev`` relaxes: no client auth, all content, CORS *, the demo page,
+# any https FHIR server.  Storage stays the SQLite default under ./var/.
+DEV_OVERRIDES: dict[str, Any] = {
+    "AUTH": "off",
+    "CONTENT_POLICY": "all",
+    "CORS_ORIGINS": "*",
+    "DEMO": True,
+    "FHIR_SERVERS": "*",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    field_type = _FIELDS[name].type
+    if field_type in ("bool", bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be a boolean, not {raw!r}")
+    if field_type in ("int", int):
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+    if field_type in ("float", float):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if raw is None:
+        return ""
+    return str(raw)
+
+
+def load_settings(config: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``CDS_*`` environment variables, overridden by ``config`` keys.
+
+    ``config`` keys are the environment names without the ``CDS_`` prefix; an unknown
+    key is an error (a typo must not silently fall back to a default).
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        if ENV_PREFIX + name in env:
+            values[name] = _coerce(name, env[ENV_PREFIX + name])
+    for key, raw in (config or {}).items():
+        if key not in _FIELDS:
+            known = ", ".join(sorted(_FIELDS))
+            raise SettingsError(f"unknown setting {key!r}; known settings: {known}")
+        values[key] = _coerce(key, raw)
+    settings = Settings(**values)
+    settings.validate()
+    return settings
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, config key, default) for every setting, for the README and `--help`."""
+    return [(ENV_PREFIX + f.name, f.name, repr(f.default)) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,313 @@
+"""Feedback and audit records: SQLite by default, PostgreSQL by URL (SQLAlchemy Core).
+
+No PHI: audit rows hold an HMAC of the patient id, card ids with content versions and hashes,
+per-prefetch-key statuses and latency.  Audit writes never block a response: they go to a
+bounded queue flushed by a background thread; when the store is down the response still goes
+out, and the loss is counted and reported on ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger("cds_service.store")
+
+metadata = MetaData()
+
+feedback_table = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedup_key", String(64), nullable=False, unique=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("card_uuid", String(100), nullable=False, index=True),
+    Column("outcome", String(20), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),
+    Column("override_system", String(300), nullable=True),
+    Column("override_code", String(200), nullable=True),
+    Column("override_display", String(500), nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("outcome_timestamp", String(40), nullable=False),
+    Column("client_iss", String(300), nullable=True),
+)
+
+audit_table = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(100), nullable=False),
+    Column("hook", String(50), nullable=False),
+    Column("hook_instance", String(100), nullable=True),
+    Column("client_iss", String(300), nullable=True),
+    Column("patient_hmac", String(64), nullable=True),
+    Column("outcome", String(20), nullable=False),  # cards | no-cards | 412 | 4xx
+    Column("status_code", Integer, nullable=False),
+    Column("cards", Text, nullable=True),  # JSON [{uuid, cardId, version, contentHash}]
+    Column("withheld", Text, nullable=True),  # JSON [{cardId, reason}]
+    Column("prefetch", Text, nullable=True),  # JSON {key: {status, ms}}
+    Column("latency_ms", Float, nullable=False),
+)
+
+audit_cards_table = Table(
+    "audit_card", metadata,
+    Column("card_uuid", String(100), primary_key=True),
+    Column("audit_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("card_id", String(100), nullable=False, index=True),
+    Column("version", String(40), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+)
+
+
+def patient_hmac(key: bytes, patient_id: str | None) -> str | None:
+    if not patient_id:
+        return None
+    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class AuditRecord:
+    service_id: str
+    hook: str
+    outcome: str
+    status_code: int
+    latency_ms: float
+    hook_instance: str | None = None
+    client_iss: str | None = None
+    patient_hmac: str | None = None
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    withheld: list[dict[str, Any]] = field(default_factory=list)
+    prefetch: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _feedback_key(service_id: str, item: dict[str, Any]) -> str:
+    canonical = json.dumps({"service": service_id, "item": item}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str, *, queue_size: int = 10_000) -> None:
+        self.url = url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
+        else:
+            kwargs["connect_args"] = {"connect_timeout": 3}
+        self.engine: Engine = create_engine(url, **kwargs)
+        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=queue_size)
+        self.audit_lost = 0
+        self.audit_written = 0
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._schema_ready = False
+
+    # -- schema -------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+        self._schema_ready = True
+
+    def ping(self) -> str | None:
+        """None when reachable, else the reason (no credentials)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            if not self._schema_ready:
+                self.create_schema()
+            return None
+        except SQLAlchemyError as exc:
+            return type(exc).__name__
+
+    # -- feedback -----------------------------------------------------------------------
+    def add_feedback(self, service_id: str, items: Iterable[dict[str, Any]], client_iss: str | None) -> int:
+        """Store feedback items; an item posted again is stored once. Returns rows added."""
+        added = 0
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for item in items:
+                key = _feedback_key(service_id, item)
+                exists = conn.execute(select(feedback_table.c.id).where(feedback_table.c.dedup_key == key)).first()
+                if exists:
+                    continue
+                reason = (item.get("overrideReason") or {})
+                coding = reason.get("reason") or {}
+                row = {
+                    "dedup_key": key, "received_at": now, "service_id": service_id,
+                    "card_uuid": item["card"], "outcome": item["outcome"],
+                    "accepted_suggestions": json.dumps([s.get("id") for s in item.get("acceptedSuggestions", [])])
+                    if item.get("acceptedSuggestions") else None,
+                    "override_system": coding.get("system"), "override_code": coding.get("code"),
+                    "override_display": coding.get("display"), "user_comment": reason.get("userComment"),
+                    "outcome_timestamp": item["outcomeTimestamp"], "client_iss": client_iss,
+                }
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(feedback_table), row)
+                    added += 1
+                except IntegrityError:
+                    continue  # a concurrent duplicate: stored once
+        return added
+
+    def feedback_rows(self, card_uuid: str | None = None) -> list[dict[str, Any]]:
+        query = select(feedback_table).order_by(feedback_table.c.id)
+        if card_uuid:
+            query = query.where(feedback_table.c.card_uuid == card_uuid)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    # -- audit --------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+
+    def audit(self, record: AuditRecord) -> None:
+        """Queue an audit record; never blocks, never raises."""
+        self.start()
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                self.audit_lost += 1
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued records are written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._queue.unfinished_tasks == 0
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            batch = [record]
+            while len(batch) < 200:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not None]
+            try:
+                if records:
+                    self._write(records)
+                    with self._lock:
+                        self.audit_written += len(records)
+                        self.last_error = None
+            except Exception as exc:  # the store is down: count the loss, keep serving
+                with self._lock:
+                    self.audit_lost += len(records)
+                    self.last_error = type(exc).__name__
+                log.warning("audit write failed (%s); %d record(s) lost", type(exc).__name__, len(records))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if any(r is None for r in batch):
+                return
+
+    def _write(self, records: list[AuditRecord]) -> None:
+        if not self._schema_ready:
+            self.create_schema()
+        rows = []
+        card_rows = []
+        for r in records:
+            rows.append({
+                "at": r.at, "service_id": r.service_id, "hook": r.hook, "hook_instance": r.hook_instance,
+                "client_iss": r.client_iss, "patient_hmac": r.patient_hmac, "outcome": r.outcome,
+                "status_code": r.status_code, "cards": json.dumps(r.cards) if r.cards else None,
+                "withheld": json.dumps(r.withheld) if r.withheld else None,
+                "prefetch": json.dumps(r.prefetch) if r.prefetch else None, "latency_ms": r.latency_ms,
+            })
+            for card in r.cards:
+                card_rows.append({"card_uuid": card["uuid"], "audit_at": r.at, "service_id": r.service_id,
+                                  "card_id": card["cardId"], "version": card["version"],
+                                  "content_hash": card["contentHash"]})
+        with self.engine.begin() as conn:
+            conn.execute(insert(audit_table), rows)
+            if card_rows:
+                conn.execute(insert(audit_cards_table), card_rows)
+
+    def audit_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(audit_table).order_by(audit_table.c.id))]
+
+    # -- report -------------------------------------------------------------------------
+    def report(self, since: datetime) -> list[dict[str, Any]]:
+        """Per card id and version: shown, accepted, overridden, override reasons with counts."""
+        with self.engine.connect() as conn:
+            shown = conn.execute(
+                select(audit_cards_table.c.card_id, audit_cards_table.c.version, func.count())
+                .where(audit_cards_table.c.audit_at >= since)
+                .group_by(audit_cards_table.c.card_id, audit_cards_table.c.version)
+            ).all()
+            outcomes = conn.execute(
+                select(audit_cards_table.c.card_id, audit_cards_table.c.version, feedback_table.c.outcome,
+                       feedback_table.c.override_code, feedback_table.c.override_display,
+                       feedback_table.c.card_uuid)
+                .join(feedback_table, feedback_table.c.card_uuid == audit_cards_table.c.card_uuid)
+                .where(audit_cards_table.c.audit_at >= since)
+            ).all()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for card_id, version, count in shown:
+            rows[(card_id, version)] = {"card_id": card_id, "version": version, "shown": count,
+                                        "accepted": 0, "overridden": 0, "override_reasons": {}}
+        counted: set[tuple[str, str]] = set()
+        for card_id, version, outcome, code, display, card_uuid in outcomes:
+            row = rows.setdefault((card_id, version), {"card_id": card_id, "version": version, "shown": 0,
+                                                        "accepted": 0, "overridden": 0, "override_reasons": {}})
+            # A card answered twice (e.g. override then accept) counts once per outcome.
+            if (card_uuid, outcome) in counted:
+                continue
+            counted.add((card_uuid, outcome))
+            if outcome == "accepted":
+                row["accepted"] += 1
+            elif outcome == "overridden":
+                row["overridden"] += 1
+                if code:
+                    label = f"{code} ({display})" if display else code
+                    row["override_reasons"][label] = row["override_reasons"].get(label, 0) + 1
+        return sorted(rows.values(), key=lambda r: (r["card_id"], r["version"]))
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=1)
+                self._thread.join(timeout=5)
+            except queue.Full:
+                pass
+        self.engine.dispose()

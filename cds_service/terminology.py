@@ -1,0 +1,260 @@
+"""Value sets from ``cards/valuesets/``, compiled once into sets of (system, code) and alias runs.
+
+Answers one question fast: "is this Coding (or this text) in value set X?".  Matching rules are
+documented in ``cards/valuesets/README.md``: exact (system, code); ICD-10-CM ``is-a`` filters as
+code prefixes; NDC compared as (labeler, product); text aliases as whole-token runs in normalised
+text, vetoed by the set's exclude aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXT_BASE = "https://ivig-cds.example.org/fhir/StructureDefinition/"
+EXT_ALIAS = EXT_BASE + "text-alias"
+EXT_ALIAS_EXCLUDE = EXT_BASE + "text-alias-exclude"
+EXT_CONFIDENCE = EXT_BASE + "code-confidence"
+EXT_SOURCE = EXT_BASE + "code-source"
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+NDC = "http://hl7.org/fhir/sid/ndc"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+# Systems clients spell in more than one way; all are folded onto the canonical URI.
+_SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "https://loinc.org": LOINC,
+    "http://loinc.org/": LOINC,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "https://snomed.info/sct": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "http://hl7.org/fhir/sid/icd-10-us": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.69": NDC,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "http://www.nlm.nih.gov/research/umls/rxnorm/": RXNORM,
+}
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case, every run of non-alphanumerics -> one space; padded for whole-token search."""
+    return " " + _NON_ALNUM.sub(" ", text.lower()).strip() + " "
+
+
+def canonical_system(system: str | None) -> str:
+    if not system:
+        return ""
+    system = system.strip()
+    return _SYSTEM_ALIASES.get(system, system)
+
+
+def _icd_key(code: str) -> str:
+    return code.replace(".", "").strip().upper()
+
+
+def ndc_product(code: str) -> tuple[str, str] | None:
+    """(labeler, product) of an NDC in any of the 10-digit hyphenated or 11-digit forms."""
+    code = code.strip()
+    parts = code.split("-")
+    if len(parts) in (2, 3) and all(p.isdigit() for p in parts):
+        return parts[0].zfill(5), parts[1].zfill(4)
+    digits = code.replace(" ", "")
+    if digits.isdigit() and len(digits) == 11:
+        return digits[:5], digits[5:9]
+    return None
+
+
+@dataclass(frozen=True)
+class Concept:
+    system: str
+    code: str
+    display: str
+    confidence: str
+    source: str
+
+
+@dataclass
+class ValueSet:
+    id: str
+    url: str
+    title: str
+    version: str
+    resource: dict[str, Any]
+    concepts: list[Concept] = field(default_factory=list)
+    codes: set[tuple[str, str]] = field(default_factory=set)
+    icd_prefixes: tuple[str, ...] = ()
+    ndc_products: set[tuple[str, str]] = field(default_factory=set)
+    aliases: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+
+    # -- matching ---------------------------------------------------------------------
+    def has_coding(self, system: str | None, code: str | None) -> bool:
+        if not code or not isinstance(code, str):
+            return False
+        system = canonical_system(system)
+        code = code.strip()
+        if (system, code) in self.codes:
+            return True
+        if system == ICD10CM and self.icd_prefixes:
+            key = _icd_key(code)
+            return any(key.startswith(prefix) for prefix in self.icd_prefixes)
+        if system == NDC and self.ndc_products:
+            product = ndc_product(code)
+            return product is not None and product in self.ndc_products
+        return False
+
+    def matches_text(self, text: str | None) -> bool:
+        if not text or not isinstance(text, str) or not self.aliases:
+            return False
+        norm = normalise_text(text)
+        if any(ex in norm for ex in self.excludes):
+            return False
+        return any(alias in norm for alias in self.aliases)
+
+    def excluded_by_text(self, text: str | None) -> bool:
+        if not text or not isinstance(text, str):
+            return False
+        norm = normalise_text(text)
+        return any(ex in norm for ex in self.excludes)
+
+    def search_tokens(self) -> list[str]:
+        """``system|code`` tokens for a FHIR search (prefetch templates)."""
+        return [f"{c.system}|{c.code}" for c in self.concepts]
+
+
+def _extensions(obj: Mapping[str, Any], url: str) -> Iterator[Any]:
+    for ext in obj.get("extension", []) or []:
+        if isinstance(ext, Mapping) and ext.get("url") == url:
+            for key, value in ext.items():
+                if key.startswith("value"):
+                    yield value
+
+
+def compile_value_set(resource: dict[str, Any]) -> ValueSet:
+    vs = ValueSet(
+        id=str(resource["id"]),
+        url=str(resource.get("url", "")),
+        title=str(resource.get("title") or resource.get("name") or resource["id"]),
+        version=str(resource.get("version", "")),
+        resource=resource,
+    )
+    prefixes: list[str] = []
+    for include in resource.get("compose", {}).get("include", []):
+        system = canonical_system(include.get("system"))
+        for concept in include.get("concept", []) or []:
+            code = str(concept["code"]).strip()
+            confidence = next(iter(_extensions(concept, EXT_CONFIDENCE)), "high")
+            source = next(iter(_extensions(concept, EXT_SOURCE)), "")
+            vs.concepts.append(Concept(system, code, str(concept.get("display", "")), str(confidence),
+                                       str(source)))
+            vs.codes.add((system, code))
+            if system == NDC:
+                product = ndc_product(code)
+                if product:
+                    vs.ndc_products.add(product)
+        for flt in include.get("filter", []) or []:
+            if system == ICD10CM and flt.get("op") in ("is-a", "descendent-of"):
+                prefixes.append(_icd_key(str(flt.get("value", ""))))
+    vs.icd_prefixes = tuple(p for p in prefixes if p)
+    vs.aliases = tuple(sorted({normalise_text(a) for a in _extensions(resource, EXT_ALIAS)
+                               if isinstance(a, str) and a.strip()}))
+    vs.excludes = tuple(sorted({normalise_text(a) for a in _extensions(resource, EXT_ALIAS_EXCLUDE)
+                                if isinstance(a, str) and a.strip()}))
+    return vs
+
+
+class Terminology:
+    """All value sets of a content directory, by id."""
+
+    def __init__(self, value_sets: Iterable[ValueSet]) -> None:
+        self.value_sets: dict[str, ValueSet] = {vs.id: vs for vs in value_sets}
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Terminology:
+        directory = Path(directory)
+        sets = []
+        for path in sorted(directory.glob("*.json")):
+            with path.open(encoding="utf-8") as fh:
+                sets.append(compile_value_set(json.load(fh)))
+        return cls(sets)
+
+    def __getitem__(self, vs_id: str) -> ValueSet:
+        try:
+            return self.value_sets[vs_id]
+        except KeyError:
+            raise KeyError(f"value set {vs_id!r} is not defined in cards/valuesets/") from None
+
+    def __contains__(self, vs_id: object) -> bool:
+        return vs_id in self.value_sets
+
+    def ids(self, prefix: str = "") -> list[str]:
+        return sorted(i for i in self.value_sets if i.startswith(prefix))
+
+    def low_confidence(self) -> list[tuple[str, Concept]]:
+        return [(vs.id, c) for vs in self.value_sets.values() for c in vs.concepts
+                if c.confidence in ("low", "medium")]
+
+
+# -- reading codes out of raw FHIR JSON (lenient: clients send invalid R4) -----------------
+
+def as_list(value: Any) -> list[Any]:
+    """A FHIR array that a client may have sent as a single object."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
+    """(system, code, display) of every well-formed Coding in a CodeableConcept (or list of them)."""
+    for cc in as_list(concept):
+        if not isinstance(cc, Mapping):
+            continue
+        for coding in as_list(cc.get("coding")):
+            if isinstance(coding, Mapping):
+                code = coding.get("code")
+                if isinstance(code, str):
+                    display = coding.get("display")
+                    yield (str(coding.get("system") or ""), code,
+                           display if isinstance(display, str) else "")
+
+
+def concept_texts(concept: Any) -> Iterator[str]:
+    """``text`` and every coding ``display`` of a CodeableConcept (or list of them)."""
+    for cc in as_list(concept):
+        if isinstance(cc, str):
+            yield cc
+            continue
+        if not isinstance(cc, Mapping):
+            continue
+        text = cc.get("text")
+        if isinstance(text, str):
+            yield text
+        for coding in as_list(cc.get("coding")):
+            if isinstance(coding, Mapping):
+                display = coding.get("display")
+                if isinstance(display, str):
+                    yield display
+
+
+def concept_matches(vs: ValueSet, concept: Any) -> str | None:
+    """How a CodeableConcept matches: ``"code"``, ``"text"`` or None.
+
+    Code first; text aliases only when no coding of the concept is in the set.
+    """
+    for system, code, _ in codings(concept):
+        if vs.has_coding(system, code):
+            return "code"
+    for text in concept_texts(concept):
+        if vs.matches_text(text):
+            return "text"
+    return None
