@@ -78,7 +78,7 @@ def call_service(service_id: str) -> Response:
                                    latency_ms=(time.perf_counter() - started) * 1000))
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
-    result = rt.call(service, hook_request, base_url(), iss, started)
+    result = rt.call(service, hook_request, base_url, iss, started)
     rt.store.audit(result.audit)
     log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
              result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from .errors import CdsError
+from .ids import new_request_id
 from .logs import clear_sensitive, configure_logging, mark_sensitive
 from .runtime import Runtime
 from .settings import Settings, load_settings
@@ -52,6 +52,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import bp as api_bp
 
     app.register_blueprint(api_bp)
+    from .openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)
     from .web import register_web
 
     register_web(app, settings)
@@ -78,7 +81,9 @@ def _register_errors(app: Flask) -> None:
             detail = f"request body larger than {limit} bytes"
         elif status == 405:
             allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
-            detail = f"{request.method} is not allowed on {request.path}" + (f"; use {allowed}" if allowed else "")
+            detail = f"{request.method} is not allowed on {request.path}"
+            if allowed:
+                detail += f"; use {allowed}"
         elif status == 404:
             detail = f"no resource at {request.path[:200]}"
         response = jsonify({"error": _HTTP_CODES.get(status, "http_error"), "detail": detail})
@@ -100,7 +105,7 @@ def _register_errors(app: Flask) -> None:
 def _register_headers(app: Flask, settings: Settings) -> None:
     @app.before_request
     def assign_request_id() -> None:
-        g.request_id = uuid.uuid4().hex[:16]
+        g.request_id = new_request_id()
         clear_sensitive()
         authorization = request.headers.get("Authorization")
         if authorization:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -70,8 +71,9 @@ class Runtime:
     def today(self) -> date:
         return datetime.now(UTC).date()
 
-    def call(self, service: ServiceDefinition, request: HookRequest, base_url: str,
+    def call(self, service: ServiceDefinition, request: HookRequest, base_url: str | Callable[[], str],
              client_iss: str | None, started: float) -> CallResult:
+        """One hook call. ``base_url`` may be a callable: it is only needed when cards are rendered."""
         audit = AuditRecord(service_id=service.id, hook=service.hook, outcome="no-cards", status_code=200,
                             latency_ms=0.0, hook_instance=request.hook_instance, client_iss=client_iss,
                             patient_hmac=patient_hmac(self.audit_key, request.patient_id))
@@ -89,13 +91,15 @@ class Runtime:
             audit.prefetch = {"missing": list(exc.missing_keys)}
             audit.latency_ms = (time.perf_counter() - started) * 1000
             return CallResult(exc.body(), 412, audit)
-        audit.prefetch = {k: {"status": o.status, "ms": round(o.elapsed_ms, 1)}
-                          for k, o in gathered.outcomes.items()}
+        audit.prefetch = gathered.summary()
         facts = clinical_facts.extract(gathered.resources, self.terminology, self.today(),
                                        draft_orders=request.draft_orders,
                                        exclude_references=[o.reference for o in orders])
-        evaluation = clinical_rules.decide(facts, orders, self.terminology, frozenset(gathered.failed_keys))
+        # Keys that failed, and keys cut short while paging: both get a data note, never silence.
+        unavailable = frozenset(gathered.failed_keys) | frozenset(gathered.incomplete_keys)
+        evaluation = clinical_rules.decide(facts, orders, self.terminology, unavailable)
         variables = dict(evaluation.variables, patient_id=request.patient_id)
+        base = base_url() if callable(base_url) else base_url
         cards: list[dict[str, Any]] = []
         withheld: list[Withheld] = []
         policy = self.settings.CONTENT_POLICY
@@ -105,7 +109,7 @@ class Runtime:
             if reason is not None:
                 withheld.append(Withheld(decision.card_id, reason))
                 continue
-            cards.append(self.catalog.render(decision, variables, evaluation.notes, base_url, policy))
+            cards.append(self.catalog.render(decision, variables, evaluation.notes, base, policy))
         cards.sort(key=lambda c: clinical_rules.INDICATOR_ORDER.get(c["indicator"], 3))
         if withheld:
             log.warning("content withheld under %s: %s", policy,

@@ -157,6 +157,53 @@ def load_settings(config: Mapping[str, Any] | None = None,
     return settings
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(env var, config key, default) for every setting, for the README and `--help`."""
-    return [(ENV_PREFIX + f.name, f.name, repr(f.default)) for f in dataclasses.fields(Settings)]
+DESCRIPTIONS: dict[str, str] = {
+    "AUTH": "`jwt` (verify the CDS client's JWT on every /cds-services call) or `off` (development and tests only)",
+    "PUBLIC_BASE_URL": "base URL clients use (JWT `aud`, card `source.url`); set it behind a proxy",
+    "CONTENT_POLICY": "`approved-only` (serve only approved, unchanged, in-date cards) or `all` (dev: unapproved cards marked pending)",
+    "CORS_ORIGINS": "comma-separated allowed browser origins, or `*`; empty = no CORS headers",
+    "MAX_BODY_BYTES": "larger request bodies get 413",
+    "MAX_JSON_DEPTH": "deeper JSON nesting gets 400",
+    "MAX_PREFETCH_RESOURCES": "more prefetched resources in one call get 400",
+    "MAX_DRAFT_ORDERS": "more draftOrders entries get 400",
+    "MAX_STRING_LENGTH": "longer JSON strings get 400",
+    "DEMO": "serve the integrators' demo page at /demo (always on with `serve --dev`)",
+    "DATABASE_URL": "feedback and audit store (SQLAlchemy URL; `postgresql+psycopg://…` for PostgreSQL)",
+    "AUDIT_KEY": "HMAC key for patient ids in audit rows (random per process when empty)",
+    "AUDIT_QUEUE_SIZE": "audit records queued for the background writer before new ones are counted as lost",
+    "FHIR_SERVERS": "allow-list of FHIR base URL prefixes the service may query, or `*` (any https)",
+    "FHIR_DEADLINE_S": "total time budget for FHIR queries in one call (seconds)",
+    "FHIR_MAX_PAGES": "at most this many pages followed per prefetch key",
+    "FHIR_MAX_ENTRIES": "at most this many entries read per prefetch key",
+    "FHIR_MAX_RESPONSE_BYTES": "FHIR responses larger than this are cut off (the key fails)",
+    "TRUSTED_ISSUERS": "trusted CDS clients: path to a JSON file or inline JSON mapping each issuer to `jwks_url` or `jwks`, optional `jku_allow` and `tenants`",
+    "JWT_ALGORITHMS": "accepted client JWT algorithms (never `none` or HS*)",
+    "JWT_CLOCK_SKEW_S": "allowed clock skew for `exp`/`iat`/`nbf` (seconds)",
+    "JWT_MAX_LIFETIME_S": "longest accepted client JWT lifetime, `exp - iat` (seconds)",
+    "JWKS_REFRESH_INTERVAL_S": "an unknown `kid` refreshes an issuer's JWKS at most this often (seconds)",
+    "JWKS_TIMEOUT_S": "timeout for fetching a JWKS (seconds)",
+    "REDIS_URL": "shared `jti` replay cache for several replicas (in-memory when empty)",
+    "CARDS_DIR": "card content, references and value sets",
+    "FIXTURES_DIR": "fixture patients (demo, review packet, `cds-service fire`)",
+    "LOG_LEVEL": "log level of the service's loggers",
+}
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(env var, config key, default, meaning) for every setting, for the README."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "empty" if default == "" else f"`{default}`"
+        if f.name in ("CARDS_DIR", "FIXTURES_DIR"):
+            shown = f"`./{Path(str(default)).name}`"
+        if f.name in DEV_OVERRIDES:
+            shown += f" (dev: `{DEV_OVERRIDES[f.name]}`)"
+        rows.append((ENV_PREFIX + f.name, f.name, shown, DESCRIPTIONS.get(f.name, "")))
+    return rows
+
+
+def settings_table() -> str:
+    lines = ["| env var | config key | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| {env} | {key} | {default} | {meaning} |" for env, key, default, meaning in describe()]
+    return "\n".join(lines)

@@ -12,9 +12,9 @@ import hashlib
 import hmac
 import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -129,7 +129,12 @@ class Store:
         else:
             kwargs["connect_args"] = {"connect_timeout": 3}
         self.engine: Engine = create_engine(url, **kwargs)
-        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(maxsize=queue_size)
+        # A deque polled by the writer: appending wakes no thread, so the response path pays
+        # nothing for the audit beyond one append.
+        self._pending: deque[AuditRecord] = deque()
+        self._queue_size = queue_size
+        self._in_flight = 0
+        self._stop = threading.Event()
         self.audit_lost = 0
         self.audit_written = 0
         self.last_error: str | None = None
@@ -199,46 +204,45 @@ class Store:
 
     def audit(self, record: AuditRecord) -> None:
         """Queue an audit record; never blocks, never raises."""
-        self.start()
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
+        if len(self._pending) >= self._queue_size:
             with self._lock:
                 self.audit_lost += 1
+            return
+        self._pending.append(record)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until queued records are written (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while (self._pending or self._in_flight) and time.monotonic() < deadline:
             time.sleep(0.005)
-        return self._queue.unfinished_tasks == 0
+        return not self._pending and not self._in_flight
 
     def _run(self) -> None:
         while True:
-            record = self._queue.get()
-            batch = [record]
-            while len(batch) < 200:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            records = [r for r in batch if r is not None]
+            if not self._pending:
+                if self._stop.wait(0.05) and not self._pending:
+                    return
+                continue
+            batch: list[AuditRecord] = []
+            with self._lock:
+                self._in_flight += 1
+            while self._pending and len(batch) < 500:
+                batch.append(self._pending.popleft())
             try:
-                if records:
-                    self._write(records)
-                    with self._lock:
-                        self.audit_written += len(records)
-                        self.last_error = None
+                self._write(batch)
+                with self._lock:
+                    self.audit_written += len(batch)
+                    self.last_error = None
             except Exception as exc:  # the store is down: count the loss, keep serving
                 with self._lock:
-                    self.audit_lost += len(records)
+                    self.audit_lost += len(batch)
                     self.last_error = type(exc).__name__
-                log.warning("audit write failed (%s); %d record(s) lost", type(exc).__name__, len(records))
+                log.warning("audit write failed (%s); %d record(s) lost", type(exc).__name__, len(batch))
             finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if any(r is None for r in batch):
-                return
+                with self._lock:
+                    self._in_flight -= 1
 
     def _write(self, records: list[AuditRecord]) -> None:
         if not self._schema_ready:
@@ -305,9 +309,6 @@ class Store:
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=1)
-                self._thread.join(timeout=5)
-            except queue.Full:
-                pass
+            self._stop.set()
+            self._thread.join(timeout=5)
         self.engine.dispose()

@@ -8,6 +8,7 @@ text, vetoed by the set's exclude aliases.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,9 +45,21 @@ _SYSTEM_ALIASES = {
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
+@functools.lru_cache(maxsize=8192)
 def normalise_text(text: str) -> str:
-    """Lower-case, every run of non-alphanumerics -> one space; padded for whole-token search."""
+    """Lower-case, every run of non-alphanumerics -> one space; padded for whole-token search.
+
+    Cached: the same lab and drug names recur across calls.
+    """
     return " " + _NON_ALNUM.sub(" ", text.lower()).strip() + " "
+
+
+def alternation(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex finding any of the (normalised, space-padded) phrases as a whole-token run."""
+    stripped = sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)
+    if not stripped:
+        return None
+    return re.compile(" (?:" + "|".join(re.escape(p) for p in stripped) + ") ")
 
 
 def canonical_system(system: str | None) -> str:
@@ -94,6 +107,8 @@ class ValueSet:
     ndc_products: set[tuple[str, str]] = field(default_factory=set)
     aliases: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    alias_pattern: re.Pattern[str] | None = None
+    exclude_pattern: re.Pattern[str] | None = None
 
     # -- matching ---------------------------------------------------------------------
     def has_coding(self, system: str | None, code: str | None) -> bool:
@@ -112,18 +127,17 @@ class ValueSet:
         return False
 
     def matches_text(self, text: str | None) -> bool:
-        if not text or not isinstance(text, str) or not self.aliases:
+        if not text or not isinstance(text, str) or self.alias_pattern is None:
             return False
         norm = normalise_text(text)
-        if any(ex in norm for ex in self.excludes):
+        if self.exclude_pattern is not None and self.exclude_pattern.search(norm):
             return False
-        return any(alias in norm for alias in self.aliases)
+        return self.alias_pattern.search(norm) is not None
 
     def excluded_by_text(self, text: str | None) -> bool:
-        if not text or not isinstance(text, str):
+        if not text or not isinstance(text, str) or self.exclude_pattern is None:
             return False
-        norm = normalise_text(text)
-        return any(ex in norm for ex in self.excludes)
+        return self.exclude_pattern.search(normalise_text(text)) is not None
 
     def search_tokens(self) -> list[str]:
         """``system|code`` tokens for a FHIR search (prefetch templates)."""
@@ -168,6 +182,8 @@ def compile_value_set(resource: dict[str, Any]) -> ValueSet:
                                if isinstance(a, str) and a.strip()}))
     vs.excludes = tuple(sorted({normalise_text(a) for a in _extensions(resource, EXT_ALIAS_EXCLUDE)
                                 if isinstance(a, str) and a.strip()}))
+    vs.alias_pattern = alternation(vs.aliases)
+    vs.exclude_pattern = alternation(vs.excludes)
     return vs
 
 

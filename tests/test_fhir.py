@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ TEMPLATES = {
     "conditions": "Condition?patient={{context.patientId}}",
     "medications": "MedicationRequest?patient={{context.patientId}}",
 }
+LAB_PAGED_2 = f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2"
+LAB_PAGED_5 = f"Observation?patient={PATIENT_ID}&category=laboratory&_count=5"
 REQUIRED = frozenset({"antibodies", "conditions", "medications"})
 SERVICE = ServiceDefinition(id="test-service", hook="order-select", title="t", description="d",
                             usage_requirements="u", prefetch=TEMPLATES, required_keys=REQUIRED)
@@ -100,6 +103,10 @@ def run(request: HookRequest, server: FhirTestServer | None, client: FhirClient,
     if server is not None:
         settings.setdefault("FHIR_SERVERS", server.base_url)
     return gather(request, service, make_settings(**settings), client)
+
+
+def status_reason(result: Gathered, key: str) -> tuple[str, str]:
+    return result.outcomes[key].status, result.outcomes[key].reason
 
 
 def ids(resources: list[dict[str, Any]]) -> set[str]:
@@ -216,11 +223,13 @@ def test_get_response_size_cap(server: FhirTestServer, client: FhirClient) -> No
         client.get(f"{server.base_url}/Observation?patient={PATIENT_ID}", None, 5, max_bytes=2048)
     assert client.get(f"{server.base_url}/Observation?patient={PATIENT_ID}", None, 5)["entry"]
     server.overrides.clear()
-    assert client.get(f"{server.base_url}/Observation?patient={PATIENT_ID}", None, 5)["resourceType"] == "Bundle"
+    answer = client.get(f"{server.base_url}/Observation?patient={PATIENT_ID}", None, 5)
+    assert answer["resourceType"] == "Bundle"
 
 
 def test_get_follows_same_server_redirect(server: FhirTestServer, client: FhirClient) -> None:
-    server.override("Patient/old", status=302, headers={"Location": f"{server.base_path}/Patient/{PATIENT_ID}"})
+    server.override("Patient/old", status=302,
+                    headers={"Location": f"{server.base_path}/Patient/{PATIENT_ID}"})
     resource = client.get(f"{server.base_url}/Patient/old", TOKEN, 5, allow_list=[server.base_url])
     assert resource["id"] == PATIENT_ID
     assert [r.authorization for r in server.requests] == [f"Bearer {TOKEN}"] * 2
@@ -228,14 +237,16 @@ def test_get_follows_same_server_redirect(server: FhirTestServer, client: FhirCl
 
 def test_get_refuses_redirect_off_server(server: FhirTestServer, client: FhirClient) -> None:
     with FhirTestServer(RECORD) as other:
-        server.override("Patient/", status=307, headers={"Location": f"{other.base_url}/Patient/{PATIENT_ID}"})
+        server.override("Patient/", status=307,
+                        headers={"Location": f"{other.base_url}/Patient/{PATIENT_ID}"})
         with pytest.raises(FhirError, match="^redirect off server$"):
             client.get(f"{server.base_url}/Patient/{PATIENT_ID}", TOKEN, 5)
         assert other.requests == []
 
 
 def test_get_refuses_redirect_outside_allow_list(server: FhirTestServer, client: FhirClient) -> None:
-    server.override("Patient/", status=302, headers={"Location": f"{server.origin}/admin/Patient/{PATIENT_ID}"})
+    server.override("Patient/", status=302,
+                    headers={"Location": f"{server.origin}/admin/Patient/{PATIENT_ID}"})
     with pytest.raises(FhirError, match="^redirect off server$"):
         client.get(f"{server.base_url}/Patient/{PATIENT_ID}", None, 5, allow_list=[server.base_url])
     assert len(server.requests) == 1
@@ -267,8 +278,8 @@ def test_client_repr_and_errors_hold_no_token(server: FhirTestServer, client: Fh
     with pytest.raises(FhirError) as info:
         client.get(f"{server.base_url}/Condition?patient={PATIENT_ID}", TOKEN, 5)
     assert TOKEN not in repr(info.value) and PATIENT_ID not in str(info.value)
-    assert info.value.__cause__ is None and info.value.__context__ is None or TOKEN not in str(
-        info.value.__context__)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__ or info.value.__context__ is None
     assert TOKEN not in repr(client) and TOKEN not in repr(vars(client))
     assert "Authorization" not in client._session.headers
 
@@ -330,7 +341,8 @@ def test_null_key_is_not_queried(server: FhirTestServer, client: FhirClient) -> 
      "entry": [{"resource": operation_outcome("prefetch failed"), "search": {"mode": "outcome"}}]},
     {"not": "a resource"},
 ])
-def test_operation_outcome_prefetch_is_queried(server: FhirTestServer, client: FhirClient, value: Any) -> None:
+def test_operation_outcome_prefetch_is_queried(server: FhirTestServer, client: FhirClient,
+                                               value: Any) -> None:
     prefetch = full_prefetch()
     prefetch["medications"] = value
     result = run(make_request(prefetch, fhir_server=server.base_url), server, client)
@@ -373,7 +385,7 @@ def test_search_404_is_failed(server: FhirTestServer, client: FhirClient) -> Non
     prefetch = full_prefetch()
     del prefetch["laboratory"]
     result = run(make_request(prefetch, fhir_server=server.base_url), server, client)
-    assert (result.outcomes["laboratory"].status, result.outcomes["laboratory"].reason) == ("failed", "http 404")
+    assert status_reason(result, "laboratory") == ("failed", "http 404")
 
 
 def test_200_operation_outcome_answer_is_failed(server: FhirTestServer, client: FhirClient) -> None:
@@ -386,7 +398,8 @@ def test_200_operation_outcome_answer_is_failed(server: FhirTestServer, client: 
 
 
 def test_unresolvable_template_is_skipped(server: FhirTestServer, client: FhirClient) -> None:
-    service = ServiceDefinition(id="t", hook="order-select", title="t", description="d", usage_requirements="u",
+    service = ServiceDefinition(id="t", hook="order-select", title="t", description="d",
+                                usage_requirements="u",
                                 prefetch={**TEMPLATES, "encounter": "Encounter/{{context.encounterId}}"},
                                 required_keys=REQUIRED)
     result = run(make_request(full_prefetch(), fhir_server=server.base_url), server, client, service)
@@ -456,7 +469,8 @@ def test_no_prefetch_is_all_fetched(server: FhirTestServer, client: FhirClient) 
     with_prefetch = run(make_request(full_prefetch(), fhir_server=server.base_url), server, client)
     fetched = run(make_request(None, fhir_server=server.base_url, token=TOKEN), server, client)
     assert {o.status for o in fetched.outcomes.values()} == {"fetched"}
-    assert {k: ids(v) for k, v in fetched.by_key.items()} == {k: ids(v) for k, v in with_prefetch.by_key.items()}
+    assert {k: ids(v) for k, v in fetched.by_key.items()} == {
+        k: ids(v) for k, v in with_prefetch.by_key.items()}
     assert sorted(server.paths()) == sorted(
         ["Patient/" + PATIENT_ID, "Observation", "Observation", "Condition", "MedicationRequest"])
 
@@ -510,7 +524,7 @@ def test_required_keys_from_prefetch_count_as_available(server: FhirTestServer, 
 
 def test_prefetch_bundle_with_next_link_is_paged(server: FhirTestServer, client: FhirClient) -> None:
     prefetch = full_prefetch()
-    prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2",
+    prefetch["laboratory"] = search(RECORD, LAB_PAGED_2,
                                     base_url=server.base_url)
     assert len(prefetch["laboratory"]["entry"]) == 2
     result = run(make_request(prefetch, fhir_server=server.base_url, token=TOKEN), server, client)
@@ -554,7 +568,7 @@ def test_paging_is_bounded_by_entries(server: FhirTestServer, client: FhirClient
 
 def test_paging_prefetch_without_server_is_reported(client: FhirClient) -> None:
     prefetch = full_prefetch()
-    prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2",
+    prefetch["laboratory"] = search(RECORD, LAB_PAGED_2,
                                     base_url="https://ehr.example.org/fhir")
     result = run(make_request(prefetch), None, client)
     outcome = result.outcomes["laboratory"]
@@ -566,7 +580,7 @@ def test_paging_prefetch_without_server_is_reported(client: FhirClient) -> None:
 def test_next_link_off_server_is_not_followed(server: FhirTestServer, client: FhirClient) -> None:
     with FhirTestServer(RECORD) as other:
         prefetch = full_prefetch()
-        prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2",
+        prefetch["laboratory"] = search(RECORD, LAB_PAGED_2,
                                         base_url=other.base_url)
         result = run(make_request(prefetch, fhir_server=server.base_url, token=TOKEN), server, client,
                      FHIR_SERVERS=f"{server.base_url},{other.base_url}")
@@ -576,7 +590,7 @@ def test_next_link_off_server_is_not_followed(server: FhirTestServer, client: Fh
 
 def test_failed_page_keeps_what_was_there(server: FhirTestServer, client: FhirClient) -> None:
     prefetch = full_prefetch()
-    prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2",
+    prefetch["laboratory"] = search(RECORD, LAB_PAGED_2,
                                     base_url=server.base_url)
     server.fail_status = 500
     result = run(make_request(prefetch, fhir_server=server.base_url), server, client)
@@ -584,9 +598,10 @@ def test_failed_page_keeps_what_was_there(server: FhirTestServer, client: FhirCl
     assert (outcome.status, outcome.entries, outcome.reason) == ("prefetch", 2, "incomplete: http 500")
 
 
-def test_relative_next_link_is_resolved_against_fhir_server(server: FhirTestServer, client: FhirClient) -> None:
+def test_relative_next_link_is_resolved_against_fhir_server(server: FhirTestServer,
+                                                           client: FhirClient) -> None:
     prefetch = full_prefetch()
-    prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=5")
+    prefetch["laboratory"] = search(RECORD, LAB_PAGED_5)
     result = run(make_request(prefetch, fhir_server=server.base_url), server, client)
     assert result.outcomes["laboratory"].entries == 9
     assert result.outcomes["laboratory"].complete
@@ -630,7 +645,7 @@ def test_one_slow_key_does_not_hold_the_others(server: FhirTestServer, client: F
 
 def test_deadline_while_paging_prefetch_keeps_data(server: FhirTestServer, client: FhirClient) -> None:
     prefetch = full_prefetch()
-    prefetch["laboratory"] = search(RECORD, f"Observation?patient={PATIENT_ID}&category=laboratory&_count=2",
+    prefetch["laboratory"] = search(RECORD, LAB_PAGED_2,
                                     base_url=server.base_url)
     server.delay = 10
     result = run(make_request(prefetch, fhir_server=server.base_url), server, client, FHIR_DEADLINE_S=0.5)
@@ -676,3 +691,29 @@ def test_token_not_in_412_or_outcomes(server: FhirTestServer, client: FhirClient
         run(make_request(None, fhir_server=server.base_url, token=TOKEN), server, client)
     assert TOKEN not in str(info.value.body()) and PATIENT_ID not in str(info.value.body())
     assert server.base_url not in info.value.detail
+
+
+REQUEST_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="none")
+
+
+def test_workers_run_in_the_callers_context(server: FhirTestServer, client: FhirClient) -> None:
+    """Per-request logging state (e.g. the redaction list) must reach what urllib3 logs in workers."""
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(REQUEST_TAG.get())
+
+    handler = Capture(level=logging.DEBUG)
+    urllib3_logger = logging.getLogger("urllib3")
+    old_level = urllib3_logger.level
+    urllib3_logger.addHandler(handler)
+    urllib3_logger.setLevel(logging.DEBUG)
+    token = REQUEST_TAG.set("request-42")
+    try:
+        run(make_request(None, fhir_server=server.base_url), server, client)
+    finally:
+        REQUEST_TAG.reset(token)
+        urllib3_logger.removeHandler(handler)
+        urllib3_logger.setLevel(old_level)
+    assert seen and set(seen) == {"request-42"}

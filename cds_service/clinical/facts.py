@@ -16,6 +16,7 @@ from typing import Any
 from ..terminology import (
     Terminology,
     ValueSet,
+    alternation,
     as_list,
     canonical_system,
     codings,
@@ -35,7 +36,6 @@ CONDITIONS = {"asys": "condition-asys", "ild": "condition-ild", "rp_ild": "condi
               "kidney_disease": "condition-kidney-disease", "heart_failure": "condition-heart-failure"}
 LABS = {"egfr": "lab-egfr", "creatinine": "lab-creatinine", "iga": "lab-iga", "weight": "lab-weight"}
 PFT_PERCENT = {"fvc_pct": "lab-fvc-pct", "dlco_pct": "lab-dlco-pct"}
-PFT_PARENTS = {"fvc_pct": "lab-fvc", "dlco_pct": "lab-dlco"}
 
 FINAL_STATUSES = {"final", "amended", "corrected"}
 POSITIVE_GRADES = {"positive", "strong-positive"}
@@ -352,8 +352,7 @@ class _Matcher:
         for name, vs in self.sets.items():
             for code in vs.codes:
                 self.by_code.setdefault(code, []).append(name)
-        aliases = sorted({a.strip() for vs in self.sets.values() for a in vs.aliases}, key=len, reverse=True)
-        self.any_alias = re.compile(" (?:" + "|".join(re.escape(a) for a in aliases) + ") ") if aliases else None
+        self.any_alias = alternation(a for vs in self.sets.values() for a in vs.aliases)
 
     def match(self, concept: Any) -> list[str]:
         """Names of the groups a CodeableConcept belongs to: by code first, then by text."""
@@ -389,7 +388,6 @@ class _Catalogue:
     conditions: _Matcher
     labs: _Matcher
     pft: _Matcher
-    pft_parents: _Matcher
     first_line: ValueSet
     methylprednisolone: ValueSet
     intravenous: ValueSet
@@ -407,7 +405,6 @@ def _catalogue(terminology: Terminology) -> _Catalogue:
             conditions=_Matcher(terminology, CONDITIONS),
             labs=_Matcher(terminology, LABS),
             pft=_Matcher(terminology, PFT_PERCENT),
-            pft_parents=_Matcher(terminology, PFT_PARENTS),
             first_line=terminology["medication-first-line"],
             methylprednisolone=terminology["medication-methylprednisolone"],
             intravenous=terminology["route-intravenous"],
@@ -446,10 +443,16 @@ class _Extractor:
         antibody_hits = self.cat.antibodies.match(code)
         lab_hits = [] if antibody_hits else self.cat.labs.match(code)
         pft_hits = [] if antibody_hits or lab_hits else self.cat.pft.match(code)
-        parent_hits = [] if antibody_hits or lab_hits or pft_hits else self.cat.pft_parents.match(code)
-        components = as_list(obs.get("component"))
-        if not (antibody_hits or lab_hits or pft_hits or parent_hits or components):
-            return
+        component_hits: list[tuple[Mapping[str, Any], list[str], list[str]]] = []
+        for component in as_list(obs.get("component")):
+            if isinstance(component, Mapping):
+                c_code = component.get("code")
+                c_antibodies = self.cat.antibodies.match(c_code)
+                c_pft = [] if c_antibodies else self.cat.pft.match(c_code)
+                if c_antibodies or c_pft:
+                    component_hits.append((component, c_antibodies, c_pft))
+        if not (antibody_hits or lab_hits or pft_hits or component_hits):
+            return  # not an observation any rule reads
         status = obs.get("status")
         if not isinstance(status, str):
             raise Unreadable("unreadable-status")
@@ -463,13 +466,10 @@ class _Extractor:
             self._lab(name, obs, when, ref)
         for name in pft_hits:
             self._pft(name, obs, when, ref)
-        for component in components:
-            if not isinstance(component, Mapping):
-                continue
-            c_code = component.get("code")
-            for name in self.cat.antibodies.match(c_code):
+        for component, c_antibodies, c_pft in component_hits:
+            for name in c_antibodies:
                 self._antibody(name, component, when, ref)
-            for name in self.cat.pft.match(c_code):
+            for name in c_pft:
                 self._pft(name, component, when, ref)
 
     def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
@@ -521,6 +521,9 @@ class _Extractor:
         lab = self._quantity(obs, when, ref)
         if lab is None:
             return
+        unit = lab.unit.strip().lower()
+        if unit and not unit.startswith("%") and unit not in ("percent", "pct", "{percent}"):
+            return  # a volume (L) or a predicted value, not a % predicted
         if name == "fvc_pct" and when is not None:
             self.fvc_series.append((when, lab.value, ref))
         current = self.facts.pft.get(name)

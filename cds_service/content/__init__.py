@@ -10,7 +10,6 @@ import copy
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,6 +22,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
 from ..clinical.model import DataNote, Decision, Fact
+from ..ids import new_uuid
 from ..terminology import Terminology
 
 CARD_SYSTEM = "https://ivig-cds.example.org/card"
@@ -33,11 +33,19 @@ SEVERITY = {"info": 0, "warning": 1, "critical": 2}
 SUMMARY_MAX = 140
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?(.*)\Z", re.S)
 _CITATION = re.compile(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\](?!\()")
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}()#+!|~>])")
+# Inline Markdown syntax; block syntax (#, >, -, +) cannot start a line here because values are
+# always placed after a label and whitespace is collapsed.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ContentError(Exception):
     """Content that cannot be loaded (bad front matter, unknown placeholder, …)."""
+
+
+def escaped(markdown: str) -> Markup:
+    """Mark Markdown built by the engine from escaped values as safe to insert unescaped."""
+    return Markup(markdown)  # noqa: S704 - every patient value inside went through md_escape
 
 
 def md_escape(value: Any) -> str:
@@ -59,7 +67,22 @@ def _finalize(value: Any) -> Any:
 
 
 def make_environment() -> SandboxedEnvironment:
+    """Markdown templates (card detail): every value escaped for Markdown and HTML."""
     return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize,
+                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return " ".join(_CONTROL.sub(" ", str(value)).split())
+
+
+def make_text_environment() -> SandboxedEnvironment:
+    """Plain-text templates (summary, suggestion labels, resources): no Markdown escaping."""
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_plain,
                                 trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
 
@@ -142,7 +165,7 @@ class Catalog:
                 raise ContentError(f"{path.name}: front matter id {card_id!r} must equal the file name")
             try:
                 card = CardContent(card_id, meta, normalise_body(body), path,
-                                   env.from_string(str(meta.get("summary", ""))),
+                                   catalog.text_env.from_string(str(meta.get("summary", ""))),
                                    env.from_string(normalise_body(body)))
             except Exception as exc:  # jinja2.TemplateSyntaxError and friends
                 raise ContentError(f"{path.name}: template error: {exc}") from None
@@ -153,6 +176,7 @@ class Catalog:
         return catalog
 
     env: SandboxedEnvironment = field(default_factory=make_environment)
+    text_env: SandboxedEnvironment = field(default_factory=make_text_environment)
     _shared_templates: dict[str, Template] = field(default_factory=dict)
 
     def _compile_shared(self) -> None:
@@ -210,7 +234,8 @@ class Catalog:
     def render_fact(self, fact: Fact) -> str:
         template = self._shared_templates.get("fact_line")
         shown = self.status_display(fact.value_key)
-        if fact.value_text and shown:
+        if fact.value_text and shown and fact.value_text.strip().lower() != shown.strip().lower() \
+                and fact.value_text.strip().lower() != str(fact.value_key).lower():
             shown = f"{shown} ({fact.value_text})"
         values = {"label": fact.label, "value": shown or fact.value_text or "", "raw": fact.value_text or "",
                   "date": fact.date or "", "reference": fact.reference or ""}
@@ -230,7 +255,7 @@ class Catalog:
                     continue
                 template = self._shared_templates.get("data_note_line")
                 text = str(entry.get("text", ""))
-                line = template.render(text=Markup(md_escape(text))) if template else f"- {md_escape(text)}"
+                line = template.render(text=escaped(md_escape(text))) if template else f"- {md_escape(text)}"
             else:
                 template = self._shared_templates.get("skipped_line")
                 reason = str(skipped.get(note.key, skipped.get("unexpected-type", note.key)))
@@ -244,26 +269,39 @@ class Catalog:
                 seen.add(line)
                 lines.append(line)
         if not lines:
-            return Markup("")
+            return escaped("")
         heading = self._shared_templates.get("data_notes_heading")
         head = heading.render().strip() if heading else ""
-        return Markup("\n".join([head, ""] + lines if head else lines))
+        return escaped("\n".join([head, ""] + lines if head else lines))
 
     def _link_citations(self, text: str) -> str:
         def replace(match: re.Match[str]) -> str:
             ref = self.references.get(match.group(1))
             if not isinstance(ref, dict):
                 return match.group(0)
-            label = str(ref.get("short") or match.group(1))
+            label = self.short_label(match.group(1))
             url = ref.get("url")
             return f"[{label}]({url})" if url else f"({label})"
 
         return _CITATION.sub(replace, text)
 
+    def short_label(self, key: str) -> str:
+        """"Huapaya 2019": a reference's ``short`` field, else first author's surname and year."""
+        ref = self.references.get(key)
+        if not isinstance(ref, dict):
+            return key
+        if ref.get("short"):
+            return str(ref["short"])
+        authors = str(ref.get("authors") or "").strip()
+        surname = authors.split(",")[0].split(" ")[0] if authors else ""
+        year = str(ref.get("year") or "").strip()
+        label = " ".join(part for part in (surname, year) if part)
+        return label or key
+
     def _render_structure(self, value: Any, context: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
             if "{{" in value or "{%" in value:
-                return self.env.from_string(value).render(**context).strip()
+                return self.text_env.from_string(value).render(**context).strip()
             return value
         if isinstance(value, list):
             return [self._render_structure(v, context) for v in value]
@@ -286,12 +324,12 @@ class Catalog:
     def render(self, decision: Decision, variables: Mapping[str, Any], notes: list[DataNote],
                base_url: str, policy: str) -> dict[str, Any]:
         card = self.cards[decision.card_id]
-        facts_md = Markup("\n".join(self.render_fact(f) for f in decision.facts_used))
+        facts_md = escaped("\n".join(self.render_fact(f) for f in decision.facts_used))
         context = dict(variables)
         context.update(facts_used=facts_md, findings=frozenset(decision.findings),
                        data_notes=self.render_notes(card.id, notes))
         assert card.summary_template is not None and card.body_template is not None
-        summary = " ".join(card.summary_template.render(**context).replace("\\", "").split())
+        summary = " ".join(card.summary_template.render(**context).split())
         if len(summary) > SUMMARY_MAX:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
         detail = self._link_citations(card.body_template.render(**context).strip())
@@ -303,20 +341,21 @@ class Catalog:
         if not approved:
             label = f"{label} — {self.shared.get('pending_label', '')}".rstrip(" —")
         rendered: dict[str, Any] = {
-            "uuid": str(uuid.uuid4()),
+            "uuid": new_uuid(),
             "summary": summary,
             "detail": detail,
             "indicator": self.indicator(card, decision.findings),
             "source": {
                 "label": label,
                 "url": self.source_url(card.id, base_url),
-                "topic": {"system": CARD_SYSTEM, "code": card.id, "display": str(card.meta.get("title", card.id))},
+                "topic": {"system": CARD_SYSTEM, "code": card.id,
+                          "display": str(card.meta.get("title", card.id))},
             },
         }
         suggestions = []
         for suggestion in card.meta.get("suggestions", []) or []:
             rendered_s = self._render_structure(copy.deepcopy(suggestion), context)
-            item: dict[str, Any] = {"label": rendered_s.get("label"), "uuid": str(uuid.uuid4())}
+            item: dict[str, Any] = {"label": rendered_s.get("label"), "uuid": new_uuid()}
             if rendered_s.get("is_recommended"):
                 item["isRecommended"] = True
             actions = []
@@ -352,10 +391,10 @@ class Catalog:
         seen: set[str] = set()
         for key in card.meta.get("citations", []) or []:
             ref = self.references.get(str(key))
-            if isinstance(ref, dict) and isinstance(ref.get("url"), str) and ref["url"].startswith("https://"):
-                if ref["url"] not in seen:
-                    seen.add(ref["url"])
-                    links.append({"label": str(ref.get("short") or key), "url": ref["url"], "type": "absolute"})
+            if isinstance(ref, dict) and isinstance(ref.get("url"), str) \
+                    and ref["url"].startswith("https://") and ref["url"] not in seen:
+                seen.add(ref["url"])
+                links.append({"label": self.short_label(str(key)), "url": ref["url"], "type": "absolute"})
         for link in card.meta.get("links", []) or []:
             if isinstance(link, dict) and str(link.get("url", "")).startswith("https://") \
                     and link["url"] not in seen:
@@ -380,8 +419,7 @@ class Catalog:
                                        content_hash=self.hashes[card.id][:12]).strip())
         attribution = self._shared_templates.get("attribution_line")
         if attribution is not None:
-            citations = [str(self.references.get(str(k), {}).get("short", k))
-                         for k in meta.get("citations", []) or []]
+            citations = [self.short_label(str(k)) for k in meta.get("citations", []) or []]
             lines.append(attribution.render(developer=str(meta.get("developer", "")),
                                             funding_source=str(meta.get("funding_source", "")),
                                             release_date=str(meta.get("release_date", "")),

@@ -27,8 +27,10 @@ it has, its status stays ``prefetch``/``fetched``, ``complete`` is False and ``r
 note.  Keys whose data could not be had at all (``failed``, ``skipped``) are ``failed_keys``.
 
 All queries share one deadline, ``FHIR_DEADLINE_S`` from the start of ``gather``.  A key whose first
-response has not arrived by then is ``failed`` with reason ``deadline``; its thread is abandoned
-(each HTTP call's timeout is the time left, so it ends soon after) and never waited for.
+response has not arrived by then is ``failed`` with reason ``deadline``; a key with some pages keeps
+them (``incomplete: deadline``).  Unfinished work is abandoned, never waited for: queued jobs are
+cancelled, running ones stop at their next page (each HTTP call's timeout is the time left, so
+their threads end soon after).
 
 When a required key is unavailable and it cannot be helped (no ``fhirServer``, a server not allowed,
 or every required key unavailable), ``PreconditionFailed`` (412) names the missing keys.
@@ -36,6 +38,7 @@ or every required key unavailable), ``PreconditionFailed`` (412) names the missi
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import threading
@@ -315,6 +318,10 @@ def _run(job: _Job, plan: _Plan, client: FhirClient) -> None:
                 break
             url = _resolve_next(_next_link(document), plan)
     except FhirError as exc:
+        if exc.reason == "timeout":
+            # Every call's timeout is the time left before the shared deadline: it is the deadline,
+            # whether the worker or the waiting caller notices first.
+            exc = FhirError("deadline")
         if job.status == FETCHED and job.pages == 0:
             job.error = exc
         else:
@@ -396,8 +403,10 @@ def gather(request: HookRequest, service: ServiceDefinition, settings: Settings,
                 except FhirError as exc:
                     job.stop_reason = exc.reason
                     job.finished_at = time.monotonic()
+        # Each job runs in a copy of the caller's context, so per-request logging state (the
+        # redaction list of logs.py) also applies to what requests/urllib3 log in the workers.
         futures: dict[Future[None], _Job] = {
-            client.executor.submit(_run, job, plan, client): job
+            client.executor.submit(contextvars.copy_context().run, _run, job, plan, client): job
             for job in jobs.values() if job.finished_at is None
         }
         if futures:

@@ -1,0 +1,28 @@
+"""The README is what a new user reads first: it must match the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cds_service.settings import Settings, settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    first_block = README.split("```")[1]
+    assert "make run" in first_block and "make test" in first_block
+
+
+def test_settings_table_matches_the_settings() -> None:
+    block = re.search(r"<!-- settings-table:start -->\n(.*)\n<!-- settings-table:end -->", README, re.S)
+    assert block, "README lost its settings table markers"
+    assert block.group(1) == settings_table(), "regenerate the README settings table (cds_service.settings)"
+    for name in Settings.__dataclass_fields__:
+        assert f"CDS_{name}" in block.group(1)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
