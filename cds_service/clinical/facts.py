@@ -353,9 +353,16 @@ class _Matcher:
             for code in vs.codes:
                 self.by_code.setdefault(code, []).append(name)
         self.any_alias = alternation(a for vs in self.sets.values() for a in vs.aliases)
+        self.text_only = frozenset(name for name, vs in self.sets.items()
+                                   if not vs.codes and not vs.icd_prefixes and not vs.ndc_products)
 
     def match(self, concept: Any) -> list[str]:
-        """Names of the groups a CodeableConcept belongs to: by code first, then by text."""
+        """Names of the groups a CodeableConcept belongs to.
+
+        By code first; by alias text only for the groups no code matched — and, once any code
+        identified the concept, only for groups that have no codes at all (e.g. "rapidly
+        progressive", "antisynthetase syndrome"), whose only encoding is text.
+        """
         names: list[str] = []
         for system, code, _ in codings(concept):
             hits = self.by_code.get((canonical_system(system), code.strip()))
@@ -366,16 +373,18 @@ class _Matcher:
                     if (vs.icd_prefixes or vs.ndc_products) and vs.has_coding(system, code) \
                             and name not in names:
                         names.append(name)
-        if names:
-            return names
         if self.any_alias is None:
+            return names
+        candidates = [name for name in self.sets if name not in names
+                      and (not names or name in self.text_only)]
+        if not candidates:
             return names
         for text in concept_texts(concept):
             norm = normalise_text(text)
             if not self.any_alias.search(norm):
                 continue
-            for name, vs in self.sets.items():
-                if name not in names and vs.matches_text(text):
+            for name in candidates:
+                if name not in names and self.sets[name].matches_text(text):
                     names.append(name)
         return names
 

@@ -324,7 +324,7 @@ class Catalog:
     def render(self, decision: Decision, variables: Mapping[str, Any], notes: list[DataNote],
                base_url: str, policy: str) -> dict[str, Any]:
         card = self.cards[decision.card_id]
-        facts_md = escaped("\n".join(self.render_fact(f) for f in decision.facts_used))
+        facts_md = escaped("\n".join(self.render_fact(f) for f in merge_facts(decision.facts_used)))
         context = dict(variables)
         context.update(facts_used=facts_md, findings=frozenset(decision.findings),
                        data_notes=self.render_notes(card.id, notes))
@@ -426,6 +426,23 @@ class Catalog:
                                             revision_date=str(meta.get("revision_date", "")),
                                             citations=", ".join(citations)).strip())
         return "\n\n".join(line for line in lines if line)
+
+
+def merge_facts(facts: list[Fact]) -> list[Fact]:
+    """One line per resource: a Condition that is both "ILD" and "RP-ILD" is listed once."""
+    merged: dict[tuple[str | None, str | None, str | None], Fact] = {}
+    order: list[tuple[str | None, str | None, str | None]] = []
+    for fact in facts:
+        key = (fact.reference, fact.value_key, fact.value_text) if fact.reference else (None, fact.label, None)
+        if key in merged:
+            existing = merged[key]
+            if fact.label not in existing.label.split(" · "):
+                merged[key] = Fact(f"{existing.label} · {fact.label}", existing.value_key, existing.value_text,
+                                   existing.date, existing.reference)
+            continue
+        merged[key] = fact
+        order.append(key)
+    return [merged[k] for k in order]
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
