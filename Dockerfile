@@ -6,7 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     CDS_DATABASE_URL=sqlite:////app/var/ivig-cds.sqlite3
 
 WORKDIR /app
-RUN groupadd --system cds && useradd --system --gid cds --home-dir /app --shell /usr/sbin/nologin cds
+RUN groupadd --system --gid 10001 cds && useradd --system --uid 10001 --gid cds --home-dir /app --shell /usr/sbin/nologin cds
 COPY pyproject.toml README.md gunicorn.conf.py ./
 COPY cds_service ./cds_service
 COPY cards ./cards

@@ -160,7 +160,8 @@ def load_settings(config: Mapping[str, Any] | None = None,
 DESCRIPTIONS: dict[str, str] = {
     "AUTH": "`jwt` (verify the CDS client's JWT on every /cds-services call) or `off` (development and tests only)",
     "PUBLIC_BASE_URL": "base URL clients use (JWT `aud`, card `source.url`); set it behind a proxy",
-    "CONTENT_POLICY": "`approved-only` (serve only approved, unchanged, in-date cards) or `all` (dev: unapproved cards marked pending)",
+    "CONTENT_POLICY": "`approved-only` (serve only approved, unchanged, in-date cards) or `all` "
+                      "(dev: unapproved cards marked pending)",
     "CORS_ORIGINS": "comma-separated allowed browser origins, or `*`; empty = no CORS headers",
     "MAX_BODY_BYTES": "larger request bodies get 413",
     "MAX_JSON_DEPTH": "deeper JSON nesting gets 400",
@@ -176,7 +177,8 @@ DESCRIPTIONS: dict[str, str] = {
     "FHIR_MAX_PAGES": "at most this many pages followed per prefetch key",
     "FHIR_MAX_ENTRIES": "at most this many entries read per prefetch key",
     "FHIR_MAX_RESPONSE_BYTES": "FHIR responses larger than this are cut off (the key fails)",
-    "TRUSTED_ISSUERS": "trusted CDS clients: path to a JSON file or inline JSON mapping each issuer to `jwks_url` or `jwks`, optional `jku_allow` and `tenants`",
+    "TRUSTED_ISSUERS": "trusted CDS clients: path to a JSON file or inline JSON mapping each issuer to "
+                       "`jwks_url` or `jwks`, optional `jku_allow` and `tenants`",
     "JWT_ALGORITHMS": "accepted client JWT algorithms (never `none` or HS*)",
     "JWT_CLOCK_SKEW_S": "allowed clock skew for `exp`/`iat`/`nbf` (seconds)",
     "JWT_MAX_LIFETIME_S": "longest accepted client JWT lifetime, `exp - iat` (seconds)",

@@ -59,7 +59,7 @@ def _check_shape(text: str, limits: Limits) -> None:
     A walk over the decoded value costs as much as the decode itself for a large prefetch;
     instead, strings are dropped, and innermost bracket pairs removed once per level.
     """
-    long_string = re.compile(r'"[^"]{%d}' % (limits.max_string_length + 1))
+    long_string = re.compile('"[^"]{' + str(limits.max_string_length + 1) + "}")
     if len(text) > limits.max_string_length and long_string.search(text):
         raise BadRequest(f"a JSON string is longer than {limits.max_string_length} characters",
                          code="string_too_long")
