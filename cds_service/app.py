@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     the prefix; an unknown key raises ``SettingsError``)."""
     settings = load_settings(config)
     configure_logging(settings.LOG_LEVEL)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # static files belong to the web blueprints
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]

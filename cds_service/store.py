@@ -285,6 +285,7 @@ class Store:
                        feedback_table.c.card_uuid)
                 .join(feedback_table, feedback_table.c.card_uuid == audit_cards_table.c.card_uuid)
                 .where(audit_cards_table.c.audit_at >= since)
+                .order_by(feedback_table.c.id)
             ).all()
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for card_id, version, count in shown:
@@ -303,8 +304,12 @@ class Store:
             elif outcome == "overridden":
                 row["overridden"] += 1
                 if code:
-                    label = f"{code} ({display})" if display else code
-                    row["override_reasons"][label] = row["override_reasons"].get(label, 0) + 1
+                    # Counted by code; the first display seen names it.
+                    reasons = row["override_reasons"]
+                    label = next((k for k in reasons if k == code or k.startswith(f"{code} (")), None)
+                    if label is None:
+                        label = f"{code} ({display})" if display else code
+                    reasons[label] = reasons.get(label, 0) + 1
         return sorted(rows.values(), key=lambda r: (r["card_id"], r["version"]))
 
     def close(self) -> None:

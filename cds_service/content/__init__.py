@@ -96,7 +96,7 @@ def split_front_matter(text: str, source: str = "") -> tuple[dict[str, Any], str
         raise ContentError(f"{source}: no YAML front matter between '---' lines")
     try:
         meta = yaml.safe_load(match.group(1)) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an impossible date such as 2026-13-40
         raise ContentError(f"{source}: front matter is not valid YAML: {exc}") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{source}: front matter must be a mapping")

@@ -13,7 +13,7 @@ from ..runtime import Runtime
 from .markdown import render_markdown
 
 bp = Blueprint("review", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/review/static")
+               static_url_path="/static")
 
 
 def _runtime() -> Runtime:
