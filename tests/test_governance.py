@@ -32,7 +32,7 @@ from cds_service.governance import (
     report_rows,
     with_approval,
 )
-from cds_service.store import AuditRecord, Store, metadata
+from cds_service.store import AuditRecord, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"
@@ -580,15 +580,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/report.sqlite3"
         return
-    url = os.environ["CDS_TEST_DATABASE_URL"]
-    store = Store(url)
-    metadata.drop_all(store.engine)  # a clean slate: the test database is ours
-    metadata.create_all(store.engine)
-    store.close()
-    yield url
-    store = Store(url)
-    metadata.drop_all(store.engine)
-    store.close()
+    yield request.getfixturevalue("pg_url")
 
 
 def _shown(store: Store, card_id: str, version: str, uuid_: str, at: datetime) -> None:

@@ -67,8 +67,9 @@ _INTERPRETATION = {
 _STRONG_WORDS = re.compile(r"\b(strong(ly)?|high(ly)?|marked(ly)?)\s*(pos|positive|reactive)\b|\+\+\+")
 _EQUIVOCAL_WORDS = re.compile(r"\b(equivocal|borderline|indeterminate|inconclusive|weak(ly)?\s+reactive"
                               r"|low\s+positive\?)\b|\+/-|\+-")
-_NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|absent|none\s+detected|nd)\b"
-                             r"|^\s*-\s*$")
+_NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|absent|none\s+detected|nd"
+                             r"|no\s+(?:\w+\s+){0,2}detected|not\s+(?:reactive|positive|present)"
+                             r"|no\s+(?:\w+\s+){0,2}(?:found|seen))\b|^\s*-\s*$")
 _POSITIVE_WORDS = re.compile(r"\b(pos|positive|detected|reactive|present)\b|\+")
 _RANGE_TEXT = re.compile(r"^\s*(?:<|<=|≤|less than)\s*([0-9]+(?:\.[0-9]+)?)|"
                          r"^\s*[0-9]+(?:\.[0-9]+)?\s*(?:-|–|to)\s*([0-9]+(?:\.[0-9]+)?)")

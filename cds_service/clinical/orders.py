@@ -91,8 +91,9 @@ def is_ivig(resource: Mapping[str, Any], terminology: Terminology,
         return False
     if not any(concept_matches(ivig, c) for c in concepts):
         return False
-    subcutaneous = terminology["route-subcutaneous"]
-    return not any(concept_matches(subcutaneous, r) for r in route_texts_and_codes(resource))
+    # Given under the skin or into a muscle, an immune globulin is not IVIG.
+    not_intravenous = [terminology[vs] for vs in ("route-subcutaneous", "route-intramuscular") if vs in terminology]
+    return not any(concept_matches(vs, r) for vs in not_intravenous for r in route_texts_and_codes(resource))
 
 
 def bundled_medications(draft_orders: list[dict[str, Any]],
