@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, NotFound, Unauthorized
+from .errors import CdsError, NotFound, Unauthorized
 from .logs import mark_sensitive
 from .protocol import check_content_type, parse_feedback, parse_json, parse_request
 from .runtime import Runtime
@@ -69,13 +70,15 @@ def call_service(service_id: str) -> Response:
     service = rt.services.get(service_id)
     if service is None:
         raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
-    iss = authenticate()
+    iss: str | None = None
     try:
+        iss = authenticate()
         hook_request = parse_request(read_json(), service.hook, rt.limits)
-    except BadRequest as exc:
-        rt.store.audit(AuditRecord(service_id=service.id, hook=service.hook, outcome="4xx",
-                                   status_code=exc.status, client_iss=iss,
-                                   latency_ms=(time.perf_counter() - started) * 1000))
+    except (CdsError, HTTPException) as exc:
+        # Refused calls are audited too (no patient: nothing was read).
+        status = exc.status if isinstance(exc, CdsError) else (exc.code or 400)
+        rt.store.audit(AuditRecord(service_id=service.id, hook=service.hook, outcome="4xx", status_code=status,
+                                   client_iss=iss, latency_ms=(time.perf_counter() - started) * 1000))
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
     result = rt.call(service, hook_request, base_url, iss, started)

@@ -85,6 +85,8 @@ def parse_json(body: bytes, limits: Limits) -> Any:
                          code="invalid_json") from None
     except RecursionError:
         raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
+    except ValueError:  # e.g. an integer literal with more digits than Python converts
+        raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json") from None
     _check_shape(text, limits)
     return value
 
