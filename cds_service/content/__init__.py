@@ -178,6 +178,7 @@ class Catalog:
     env: SandboxedEnvironment = field(default_factory=make_environment)
     text_env: SandboxedEnvironment = field(default_factory=make_text_environment)
     _shared_templates: dict[str, Template] = field(default_factory=dict)
+    _structure_templates: dict[str, Template] = field(default_factory=dict)
 
     def _compile_shared(self) -> None:
         for key in ("fact_line", "review_line", "approved_review_line", "attribution_line",
@@ -301,7 +302,10 @@ class Catalog:
     def _render_structure(self, value: Any, context: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
             if "{{" in value or "{%" in value:
-                return self.text_env.from_string(value).render(**context).strip()
+                template = self._structure_templates.get(value)
+                if template is None:  # compiled once per distinct string, not per call
+                    template = self._structure_templates[value] = self.text_env.from_string(value)
+                return template.render(**context).strip()
             return value
         if isinstance(value, list):
             return [self._render_structure(v, context) for v in value]
