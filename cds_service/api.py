@@ -95,7 +95,7 @@ def feedback(service_id: str) -> Response:
     if service_id not in rt.services:
         raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
     iss = authenticate()
-    items = parse_feedback(read_json())
+    items = parse_feedback(read_json(), rt.limits)
     added = rt.store.add_feedback(service_id, items, iss)
     log.info("feedback service=%s items=%d stored=%d", service_id, len(items), added)
     return _json({})

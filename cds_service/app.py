@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,7 +96,11 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         request_id = getattr(g, "request_id", "-")
-        log.exception("unexpected error handling request %s (%s)", request_id, type(exc).__name__)
+        # The stack (files, lines, functions) but not the exception's message: a message can
+        # carry what the code was handling (a resource, a name), which no redaction list knows.
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unexpected error handling request %s (%s)\nTraceback (most recent call last):\n%s",
+                  request_id, type(exc).__name__, stack.rstrip())
         response = jsonify({"error": "internal_error",
                             "detail": f"unexpected server error; quote request id {request_id}"})
         response.status_code = 500

@@ -12,6 +12,7 @@ import contextvars
 import logging
 import re
 import sys
+from urllib.parse import quote, quote_plus
 
 _SENSITIVE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("cds_sensitive", default=())
 _TOKEN_PATTERNS = (
@@ -23,9 +24,12 @@ REDACTED = "[redacted]"
 
 
 def mark_sensitive(*values: str | None) -> None:
-    """Register values (patient id, tokens, names) to be redacted from logs in this context."""
+    """Register values (patient id, tokens, names) to be redacted from logs in this context,
+    as given and percent-encoded (the forms they take in the FHIR URLs urllib3 logs)."""
     current = _SENSITIVE.get()
-    extra = tuple(v for v in values if isinstance(v, str) and len(v) >= 3 and v not in current)
+    forms = {form for v in values if isinstance(v, str) and len(v) >= 3
+             for form in (v, quote(v, safe=""), quote(v), quote_plus(v))}
+    extra = tuple(sorted(f for f in forms if f not in current))
     if extra:
         _SENSITIVE.set(current + extra)
 

@@ -63,7 +63,8 @@ class Runtime:
             log.warning("CDS_AUDIT_KEY is not set: patient ids in audit rows are keyed per process "
                         "and cannot be linked across restarts or replicas")
         limits = Limits(max_depth=settings.MAX_JSON_DEPTH, max_prefetch_resources=settings.MAX_PREFETCH_RESOURCES,
-                        max_draft_orders=settings.MAX_DRAFT_ORDERS, max_string_length=settings.MAX_STRING_LENGTH)
+                        max_draft_orders=settings.MAX_DRAFT_ORDERS, max_string_length=settings.MAX_STRING_LENGTH,
+                        max_feedback_items=settings.MAX_FEEDBACK_ITEMS)
         return cls(settings, terminology, catalog, build_services(terminology), store,
                    FhirClient.from_settings(settings), audit_key, limits)
 

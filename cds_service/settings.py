@@ -34,6 +34,7 @@ class Settings:
     MAX_PREFETCH_RESOURCES: int = 50_000
     MAX_DRAFT_ORDERS: int = 200
     MAX_STRING_LENGTH: int = 1_000_000
+    MAX_FEEDBACK_ITEMS: int = 100
     DEMO: bool = False  # serve /demo (always on with --dev)
     # -- storage -----------------------------------------------------------------------
     DATABASE_URL: str = "sqlite:///var/ivig-cds.sqlite3"
@@ -168,6 +169,7 @@ DESCRIPTIONS: dict[str, str] = {
     "MAX_PREFETCH_RESOURCES": "more prefetched resources in one call get 400",
     "MAX_DRAFT_ORDERS": "more draftOrders entries get 400",
     "MAX_STRING_LENGTH": "longer JSON strings get 400",
+    "MAX_FEEDBACK_ITEMS": "more items in one feedback call get 400",
     "DEMO": "serve the integrators' demo page at /demo (always on with `serve --dev`)",
     "DATABASE_URL": "feedback and audit store (SQLAlchemy URL; `postgresql+psycopg://…` for PostgreSQL)",
     "AUDIT_KEY": "HMAC key for patient ids in audit rows (random per process when empty)",

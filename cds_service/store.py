@@ -121,7 +121,9 @@ class Store:
         self.url = url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # hide_parameters: SQL parameters (feedback comments, ...) stay out of SQLAlchemy's log
+        # lines and exception messages, whatever level the sqlalchemy loggers are set to.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
             if url in ("sqlite://", "sqlite:///:memory:"):

@@ -7,6 +7,7 @@ of unrelated labs costs one dictionary look-up (or one pre-compiled regex search
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ PLASMA_EXCHANGE_RECENT = timedelta(days=7)
 FVC_DECLINE_WINDOW = timedelta(days=90)
 FVC_DECLINE_POINTS = 10.0
 STRONG_FACTOR = 3.0
+# Data sanity, not clinical advice: no human weighs a tonne; a larger value is a unit or entry error.
+PLAUSIBLE_WEIGHT_KG = 1000.0
 
 # Result answer codes (terminology note §5): SNOMED and LOINC answer list LL360-9.
 _ANSWER_CODES = {
@@ -120,16 +123,14 @@ def effective_date(resource: Mapping[str, Any]) -> date | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A finite number, or None: huge integers, "NaN" and "inf" (as strings) are not values."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _status_code(value: Any) -> str | None:
@@ -162,7 +163,7 @@ def _reference_range(obs: Mapping[str, Any]) -> tuple[float | None, float | None
         if high_v is None and isinstance(rng.get("text"), str):
             match = _RANGE_TEXT.match(rng["text"])
             if match:
-                high_v = float(match.group(1) or match.group(2))
+                high_v = _number(match.group(1) or match.group(2))
         if low_v is not None or high_v is not None:
             return low_v, high_v
     return None, None
@@ -638,7 +639,10 @@ def _as_kilograms(lab: LabValue) -> LabValue | None:
               "lb": 0.45359237, "lbs": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237}.get(unit)
     if factor is None or lab.value <= 0:
         return None
-    return LabValue(round(lab.value * factor, 1), "kg", lab.date, lab.reference, None, None, None)
+    kilograms = lab.value * factor
+    if kilograms > PLAUSIBLE_WEIGHT_KG:
+        return None  # a data error, not a weight: no dose is computed from it
+    return LabValue(round(kilograms, 1), "kg", lab.date, lab.reference, None, None, None)
 
 
 def _medication_date(med: Mapping[str, Any]) -> date | None:

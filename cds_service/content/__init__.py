@@ -25,6 +25,8 @@ from ..clinical.model import DataNote, Decision, Fact
 from ..ids import new_uuid
 from ..terminology import Terminology
 
+# An action.resourceId as response.json requires it: a relative reference Type/id.
+_RESOURCE_ID = re.compile(r"^[A-Z][A-Za-z]+/[^/\s]+$")
 CARD_SYSTEM = "https://ivig-cds.example.org/card"
 EXTENSION_KEY = "org.example.ivig-cds"
 STATUSES = ("draft", "submitted", "under-review", "approved", "retired")
@@ -369,8 +371,8 @@ class Catalog:
                     out["resourceId"] = action["resource_id"]
                 if action.get("resource"):
                     out["resource"] = action["resource"]
-                if out["type"] == "delete" and not out.get("resourceId"):
-                    continue  # nothing to delete: no draft order to point at
+                if out["type"] == "delete" and not _RESOURCE_ID.match(str(out.get("resourceId") or "")):
+                    continue  # nothing to delete: no draft order, or one whose id is no usable Type/id
                 actions.append(out)
             if actions:
                 item["actions"] = actions

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ class Limits:
     max_prefetch_resources: int = 50_000
     max_draft_orders: int = 200
     max_string_length: int = 1_000_000
+    max_feedback_items: int = 100
 
 
 @dataclass
@@ -52,16 +54,22 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
 
 
-def _check_shape(text: str, limits: Limits) -> None:
+def _check_shape(text: str, value: Any, limits: Limits) -> None:
     """Depth and string-length limits on the raw JSON text, in C-speed regex passes.
 
     A walk over the decoded value costs as much as the decode itself for a large prefetch;
     instead, strings are dropped, and innermost bracket pairs removed once per level.
     """
-    long_string = re.compile('"[^"]{' + str(limits.max_string_length + 1) + "}")
-    if len(text) > limits.max_string_length and long_string.search(text):
-        raise BadRequest(f"a JSON string is longer than {limits.max_string_length} characters",
-                         code="string_too_long")
+    if len(text) > limits.max_string_length:
+        # Escaped backslashes, then escaped quotes, become two plain characters: quotes are then
+        # only string delimiters, and a raw run is at least as long as the string it encodes.
+        plain = text.replace("\\\\", "__").replace('\\"', "__") if '\\"' in text else text
+        long_string = re.compile('"[^"]{' + str(limits.max_string_length + 1) + "}")
+        # A raw run can also lie between two strings, or overstate \\uXXXX escapes: the decoded
+        # value decides (reached only when the fast pass finds a candidate).
+        if long_string.search(plain) and _longest_string(value) > limits.max_string_length:
+            raise BadRequest(f"a JSON string is longer than {limits.max_string_length} characters",
+                             code="string_too_long")
     brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
     for _ in range(limits.max_depth):
         if not brackets:
@@ -79,7 +87,7 @@ def parse_json(body: bytes, limits: Limits) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                          code="invalid_json") from None
@@ -87,8 +95,50 @@ def parse_json(body: bytes, limits: Limits) -> Any:
         raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
     except ValueError:  # e.g. an integer literal with more digits than Python converts
         raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json") from None
-    _check_shape(text, limits)
+    _check_shape(text, value, limits)
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        # json.loads turns a lone "\\ud800" escape into a str that cannot be encoded as UTF-8
+        # (database, response, logs): refuse it here rather than fail deep inside.
+        raise BadRequest("a JSON string holds an unpaired UTF-16 surrogate escape", code="invalid_json")
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN / Infinity / -Infinity are not JSON (RFC 8259), though Python's parser takes them."""
+    raise BadRequest(f"invalid JSON: {name} is not a JSON number", code="invalid_json")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e999 overflows to inf
+        raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json")
+    return number
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string (keys too) in a decoded JSON value, iteratively."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _longest_string(value: Any) -> int:
+    return max((len(s) for s in _strings(value)), default=0)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    return any(_SURROGATE.search(s) for s in _strings(value))
 
 
 def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
@@ -100,15 +150,31 @@ def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
     return count
 
 
+def _check_counts(payload: dict[str, Any], limits: Limits) -> None:
+    context = payload.get("context")
+    if not isinstance(context, dict):
+        return
+    draft_orders = context.get("draftOrders")
+    entries = draft_orders.get("entry") if isinstance(draft_orders, dict) else None
+    if isinstance(entries, list) and len(entries) > limits.max_draft_orders:
+        raise BadRequest(f"$.context.draftOrders has {len(entries)} entries; at most "
+                         f"{limits.max_draft_orders} are accepted", code="too_many_draft_orders")
+    selections = context.get("selections")
+    if isinstance(selections, list) and len(selections) > limits.max_draft_orders:
+        raise BadRequest(f"$.context.selections has {len(selections)} entries; at most "
+                         f"{limits.max_draft_orders} are accepted", code="too_many_selections")
+
+
 def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
     """Validate a hook request for a service whose hook is ``hook``; 400 with the JSON path on error."""
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_request")
+    _check_counts(payload, limits)  # before the schema: validating 100,000 entries takes seconds
     problem = first_error("request.json", payload)
     if problem:
         raise BadRequest(problem)
     if payload["hook"] != hook:
-        raise BadRequest(f"$.hook is {payload['hook']!r} but this service answers the {hook!r} hook",
+        raise BadRequest(f"$.hook is {payload['hook'][:80]!r} but this service answers the {hook!r} hook",
                          code="wrong_hook")
     context_schema = f"context-{hook}.json"
     problem = first_error(context_schema, payload["context"])
@@ -124,7 +190,9 @@ def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
     if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
         raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
                          code="too_many_prefetch_resources")
-    selections = [s for s in context.get("selections", [])]
+    # Only order-select has selections (its schema makes them a list of strings); whatever an
+    # order-sign request carries there is ignored.
+    selections = list(context.get("selections", [])) if hook == "order-select" else []
     # The schema checks each selection's Type/id form; one that names no draft order is tolerated
     # (there is nothing to decide for it), whatever characters the EHR's ids use.
     auth = payload.get("fhirAuthorization")
@@ -143,9 +211,14 @@ def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
     )
 
 
-def parse_feedback(payload: Any) -> list[dict[str, Any]]:
+def parse_feedback(payload: Any, limits: Limits | None = None) -> list[dict[str, Any]]:
     if not isinstance(payload, dict):
         raise BadRequest("feedback body must be a JSON object with a 'feedback' array")
+    most = (limits or Limits()).max_feedback_items
+    given = payload.get("feedback")
+    if isinstance(given, list) and len(given) > most:
+        raise BadRequest(f"$.feedback has {len(given)} items; at most {most} are accepted",
+                         code="too_many_feedback_items")
     problem = first_error("feedback.json", payload)
     if problem:
         raise BadRequest(problem)

@@ -31,6 +31,7 @@ from ..clinical import facts as clinical_facts
 from ..clinical import orders as clinical_orders
 from ..errors import BadRequest, NotFound
 from ..fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
+from ..protocol import parse_json
 from ..runtime import Runtime
 from ..services import ServiceDefinition
 from .markdown import render_markdown
@@ -252,7 +253,8 @@ def api_request() -> Response:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    # The service's own JSON reader: its limits, and no lone surrogates (they break the answer).
+    body = parse_json(request.get_data(cache=False), _runtime().limits)
     if not isinstance(body, dict):
         raise BadRequest("send a JSON object (Content-Type: application/json)", code="invalid_json")
     return body

@@ -1,0 +1,92 @@
+"""The benchmark must not rot: run ``bench/run.py --tiny`` end to end (in-process, scaling, fallback,
+gunicorn + load generator, profiles, report) and check what it wrote.  No timed assertions: the
+figures of a tiny run on a shared test machine mean nothing; only the code paths are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import workloads
+from bench.stats import least_squares, median, p99, percentile
+from cds_service.settings import DEFAULT_CARDS_DIR
+from cds_service.terminology import Terminology
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("fast-path", "typical", "large", "scaling", "fallback", "http")
+
+
+def test_tiny_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    profiles = tmp_path / "profiles"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(out), "--profiles-dir",
+         str(profiles), "--profile-all"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    text = out.read_text(encoding="utf-8")
+    for heading in ("## Machine", "## Targets", "## In process", "## Over HTTP", "## FHIR fallback",
+                    "## Scaling with prefetch size", "## Where the time goes"):
+        assert heading in text, heading
+    # Every target has a row with a verdict; the tiny run answers every call correctly.
+    target_rows = [line for line in text.splitlines() if line.startswith("| ") and
+                   any(v in line for v in ("| met", "| **not met**", "| not measured"))]
+    assert len(target_rows) == len(SCENARIOS)
+    assert "UNEXPECTED" not in text
+    assert "Check failed" not in text
+    assert "least-squares fit" in text.lower()
+    for scenario in SCENARIOS:
+        profile = profiles / f"{scenario}.txt"
+        assert profile.is_file(), scenario
+        assert "functions by self time" in profile.read_text(encoding="utf-8")
+        assert f"profiles/{scenario}.txt" in text
+
+
+def test_quick_and_tiny_runs_never_overwrite_the_published_results() -> None:
+    from bench.run import MODES
+
+    assert set(MODES) == {"full", "quick", "tiny"}
+    source = (ROOT / "bench" / "run.py").read_text(encoding="utf-8")
+    assert 'ROOT / "var" / "bench"' in source
+
+
+def test_filler_matches_no_value_set() -> None:
+    """Padding must not change what the rules see: no filler code or text is in any value set."""
+    terminology = Terminology.load(DEFAULT_CARDS_DIR / "valuesets")
+    concepts = [(k.system, k.code, k.display) for k in workloads.LAB_KINDS]
+    concepts += [(workloads._ICD10CM, code, display) for code, display in workloads.CONDITION_KINDS]
+    concepts += [(workloads._LOCAL_FORMULARY, code, display) for code, display, _ in workloads.MEDICATION_KINDS]
+    for vs in terminology.value_sets.values():
+        for system, code, display in concepts:
+            assert not vs.has_coding(system, code), (vs.id, code)
+            assert not vs.matches_text(display), (vs.id, display)
+
+
+@pytest.mark.parametrize("size", [40, 250])
+def test_scaling_workload_has_the_requested_size(size: int) -> None:
+    workload = workloads.scaling(size)
+    assert workload.prefetch_resources == size
+    assert workload.expected_cards  # an IVIG call that fires cards
+
+
+def test_typical_workload_has_about_sixty_resources() -> None:
+    workload = workloads.typical()
+    assert workload.prefetch_resources == workloads.TYPICAL_PREFETCH_RESOURCES
+    fallback = workloads.fallback("http://127.0.0.1:9/fhir")
+    assert fallback.missing_keys == workloads.FALLBACK_MISSING_KEYS
+
+
+def test_stats() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+    assert p99([5.0]) == 5.0
+    assert math.isnan(median([]))
+    assert p99(list(map(float, range(101)))) == pytest.approx(99.0)
+    line = least_squares([1.0, 2.0, 3.0], [3.0, 5.0, 7.0])
+    assert (line.slope, line.intercept) == pytest.approx((2.0, 1.0))
+    assert line.r_squared == pytest.approx(1.0)
