@@ -1,0 +1,1 @@
+"""The ivig-cds benchmark (``make bench``): see bench/README.md."""

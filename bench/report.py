@@ -1,0 +1,301 @@
+"""bench/RESULTS.md from a run's results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .stats import median, p99
+
+if TYPE_CHECKING:
+    from .inprocess import Measured
+    from .run import Results
+
+
+def _ms(seconds: float) -> str:
+    value = seconds * 1000
+    if value < 10:
+        return f"{value:.3f} ms"
+    if value < 100:
+        return f"{value:.2f} ms"
+    return f"{value:.0f} ms"
+
+
+def _load(values: tuple[float, float, float] | None) -> str:
+    return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+
+def _rel(path: Path, out: Path) -> str:
+    return os.path.relpath(path, out.parent).replace(os.sep, "/")
+
+
+def _cards(measured: Measured) -> str:
+    if measured.ok:
+        return ", ".join(measured.cards) or "none (as expected)"
+    return (f"**UNEXPECTED**: HTTP {measured.status}, cards {measured.cards or 'none'}; expected "
+            f"{measured.workload.expected_cards or 'none'}")
+
+
+def render(results: Results, out: Path) -> str:
+    mode = results.mode
+    m = results.machine
+    lines: list[str] = []
+    add = lines.append
+    add("# ivig-cds benchmark results")
+    add("")
+    add(f"Written by `bench/run.py` ({mode.name} mode{', `make bench`' if mode.name == 'full' else ''}) "
+        f"on {m.finished_at or m.started_at}; the run took {results.elapsed_s:.0f} s. "
+        "Method, scenarios and how to rerun: [bench/README.md](README.md). Every ratio below divides two "
+        "figures measured in the same run, interleaved call by call.")
+    add("")
+
+    # -- machine ---------------------------------------------------------------------------------
+    add("## Machine")
+    add("")
+    add("| | |")
+    add("|---|---|")
+    add(f"| CPU | {m.cpu_model} |")
+    add(f"| cores | {m.logical_cores} logical, {m.usable_cores} usable by this process |")
+    if m.memory_gib is not None:
+        add(f"| memory | {m.memory_gib:.1f} GiB |")
+    add(f"| OS | {m.os_name} ({m.kernel}) |")
+    add(f"| Python | {m.python} |")
+    add(f"| packages | {', '.join(f'{k} {v}' for k, v in m.packages.items())} |")
+    add(f"| code | git {m.git_commit}{' with uncommitted changes' if m.git_dirty else ''} |")
+    add(f"| date | {m.started_at} to {m.finished_at} |")
+    add(f"| load average (1/5/15 min) | {_load(m.load_at_start)} at start, {_load(m.load_at_end)} at end |")
+    noisy = [w for w in m.noise if w.other_cores is not None]
+    if noisy:
+        add("| other processes' CPU during the run | "
+            + ", ".join(f"{w.name}: {w.other_cores:.2f} cores" for w in noisy if w.other_cores is not None)
+            + " (all CPU time on the machine minus the benchmark's own, over wall time) |")
+    if m.waited_for_idle is not None:
+        add(f"| waited for an idle machine | {'yes, started on an idle machine' if m.waited_for_idle else 'gave up'} |")
+    add("")
+    busy = 0.5 * m.usable_cores
+    other = max((w.other_cores or 0.0 for w in m.noise), default=0.0)
+    if other > 0.25 or (m.load_at_start is not None and max(m.load_at_start[0], (m.load_at_end or (0.0,))[0]) > busy):
+        add(f"> The machine was not idle (other processes' CPU or 1-minute load above {busy:g} on "
+            f"{m.usable_cores} cores): "
+            "other processes shared the CPUs, so absolute times are slower and noisier than on an idle "
+            "machine. Ratios are less affected (both sides of each ratio are timed back to back).")
+        add("")
+
+    # -- targets ---------------------------------------------------------------------------------
+    add("## Targets")
+    add("")
+    add("| target | measured | result |")
+    add("|---|---|---|")
+    for target in results.targets:
+        state = "met" if target.met else "not measured" if target.met is None else "**not met**"
+        profile = ""
+        if target.profile is not None:
+            profile = f" ([profile]({_rel(target.profile.path, out)}))"
+        add(f"| {target.goal} | {target.measured} | {state}{profile} |")
+    add("")
+
+    # -- in process ------------------------------------------------------------------------------
+    add("## In process (Flask test client)")
+    add("")
+    add("`create_app({\"AUTH\": \"off\", \"CONTENT_POLICY\": \"all\", \"DATABASE_URL\": \"sqlite://\"})`, "
+        "hook `order-sign` (service `ivig-order-sign`). *Service time* is one `client.post()` with the "
+        "response body read; *JSON round trip* is `json.dumps(json.loads(body))` of the same request body, "
+        "timed right after each call. Ratio = median service time / median JSON round trip. *CPU* is the "
+        "calling thread's CPU time for the same calls (what a call costs when wall time includes waiting "
+        "for a core on a busy machine).")
+    add("")
+    add("| scenario | prefetch (distinct / entries) | body | calls | service median | service p99 | CPU median "
+        "| JSON round trip median | p99 | ratio | cards returned |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for measured in results.in_process:
+        w = measured.workload
+        add(f"| {w.name}: {w.description} | {w.prefetch_resources} / {w.prefetch_entries} "
+            f"| {w.body_kib:.0f} KiB | {len(measured.service_s)} | {_ms(median(measured.service_s))} "
+            f"| {_ms(p99(measured.service_s))} | {_ms(median(measured.service_cpu_s))} "
+            f"| {_ms(median(measured.json_s))} | {_ms(p99(measured.json_s))} | {measured.ratio:.1f}x "
+            f"| {_cards(measured)} |")
+    add("")
+    if results.healthz_s:
+        add(f"For scale: the test client's own cost, `GET /healthz` (no body, no work), is "
+            f"{_ms(median(results.healthz_s))} median (p99 {_ms(p99(results.healthz_s))}) over "
+            f"{len(results.healthz_s)} calls; it is included in every service time above.")
+        add("")
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    if results.http_phases:
+        cfg = results.http_config
+        add("## Over HTTP (gunicorn on loopback)")
+        add("")
+        add(f"gunicorn with `{cfg.get('config_file')}`: {cfg.get('workers')} workers x {cfg.get('threads')} "
+            f"threads, `{cfg.get('worker_class')}`, keep-alive {cfg.get('keepalive')} s, access log off; env "
+            "`CDS_AUTH=off CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`. Load: "
+            f"`bench/loadgen.py` in its own process, Python asyncio + httpx, {cfg.get('concurrency')} "
+            "concurrent clients over keep-alive connections, a fixed number of calls per run after a "
+            "warm-up. Latency is per call as the client sees it (send to full response); p50/p99 pool every "
+            "call of every run; calls/s is per run (median, and the range when there are several runs).")
+        add("")
+        if cfg.get("config_note") and cfg.get("config_note") != "gunicorn.conf.py as is":
+            add(f"> Config: {cfg.get('config_note')}.")
+            add("")
+        add("| phase | runs x calls | calls/s | p50 | p99 | per kind (p50 / p99) | errors "
+            "| server CPU | load generator CPU |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        for phase in results.http_phases:
+            rates = phase.calls_per_s()
+            rate = f"{median(rates):.0f}"
+            if len(rates) > 1:
+                rate += f" ({min(rates):.0f}-{max(rates):.0f})"
+            p50_s, p99_s = phase.summary()
+            kinds = "; ".join(f"{kind}: {_ms(phase.summary(kind)[0])} / {_ms(phase.summary(kind)[1])}"
+                              for kind in dict.fromkeys(phase.pattern))
+            errors: dict[str, int] = {}
+            for run in phase.runs:
+                for key, count in run.errors.items():
+                    errors[key] = errors.get(key, 0) + count
+            error_text = str(phase.error_count) + (
+                f" ({', '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else "")
+            wall = sum(run.wall_s for run in phase.runs)
+            server_cpu = [run.server_cpu_s for run in phase.runs]
+            calls = max(1, phase.calls)
+            server = "n/a" if any(c is None for c in server_cpu) else (
+                f"{sum(c or 0.0 for c in server_cpu) / wall:.2f} cores busy, "
+                f"{_ms(sum(c or 0.0 for c in server_cpu) / calls)} per call")
+            loadgen_cpu = sum(run.loadgen_cpu_s for run in phase.runs)
+            loadgen = f"{loadgen_cpu / wall:.2f} cores busy, {_ms(loadgen_cpu / calls)} per call"
+            per_run = phase.runs[0].calls if phase.runs else 0
+            add(f"| {phase.name}: {phase.description} | {len(phase.runs)} x {per_run} "
+                f"| {rate} | {_ms(p50_s)} | {_ms(p99_s)} | {kinds} | {error_text} | {server} | {loadgen} |")
+        add("")
+        for name, status, cards, expected in results.http_checks:
+            if status != 200 or cards != expected:
+                add(f"> **Check failed** before the load: `{name}` over HTTP answered {status} with cards "
+                    f"{cards or 'none'}; expected {expected or 'none'}.")
+                add("")
+        add(f"CPU: the machine has {m.usable_cores} usable cores shared by the gunicorn workers and the load "
+            "generator; \"cores busy\" is CPU seconds over the phase's wall time, \"per call\" is CPU seconds "
+            "over the number of calls (gunicorn master and workers together).")
+        if results.mix_process_cpu_s is not None:
+            add("")
+            add(f"For comparison, the same 50/50 mix costs {_ms(results.mix_process_cpu_s)} of CPU per call in "
+                "process (all threads of the process, the audit writer included, through the Flask test "
+                "client): the difference per call is the HTTP layer (gunicorn's request parsing and socket "
+                "I/O, thread hand-offs) and whatever else ran on the machine.")
+            mix = next((p for p in results.http_phases if p.name == "mix"), None)
+            if mix is not None and mix.runs and all(r.server_cpu_s is not None for r in mix.runs):
+                server_per_call = sum(r.server_cpu_s or 0.0 for r in mix.runs) / max(1, mix.calls)
+                loadgen_per_call = sum(r.loadgen_cpu_s for r in mix.runs) / max(1, mix.calls)
+                add("")
+                add(f"CPU ceiling: at {_ms(server_per_call)} of server CPU and {_ms(loadgen_per_call)} of load "
+                    f"generator CPU per call, {m.usable_cores} fully available cores cap this setup at about "
+                    f"{m.usable_cores / (server_per_call + loadgen_per_call):.0f} calls/s "
+                    f"({m.usable_cores / server_per_call:.0f} calls/s for the server alone, with the load "
+                    "generator on other cores).")
+        add("")
+
+    # -- fallback --------------------------------------------------------------------------------
+    fb = results.fallback
+    if fb is not None:
+        add("## FHIR fallback (no prefetch for five keys)")
+        add("")
+        add(f"The typical patient's request with {len(fb.workload.missing_keys)} keys left out of prefetch "
+            f"(`{'`, `'.join(fb.workload.missing_keys)}`) and `fhirServer` set to a loopback FHIR server "
+            f"(`tests/fhir_server.py`) that waits {fb.delay_s * 1000:.0f} ms before answering each request. "
+            f"\"One query\" is a `requests` GET of one of those five queries against the same server, "
+            f"alternating with the hook calls.")
+        add("")
+        add("| | calls | median | p99 |")
+        add("|---|---|---|---|")
+        add(f"| hook call | {len(fb.call_s)} | {_ms(median(fb.call_s))} | {_ms(p99(fb.call_s))} |")
+        add(f"| one query | {len(fb.query_s)} | {_ms(median(fb.query_s))} | {_ms(p99(fb.query_s))} |")
+        add("")
+        add(f"Ratio (median call / median query): **{fb.ratio:.2f}x**. FHIR requests per hook call: "
+            f"{fb.server_requests_per_call:.1f}; most requests in flight at once: {fb.max_in_flight}. "
+            f"Cards: {', '.join(fb.cards) if fb.ok else f'**UNEXPECTED** (HTTP {fb.status}, {fb.cards})'}.")
+        if fb.gather_log:
+            add("")
+            add(f"Last call's gather log line: `{fb.gather_log}`")
+        add("")
+
+    # -- scaling ---------------------------------------------------------------------------------
+    if results.scaling:
+        add("## Scaling with prefetch size")
+        add("")
+        add("The typical patient padded to N prefetched resources in the proportions of the large prefetch "
+            "(80 % Observations, 8 % Conditions, 12 % MedicationRequests, one Patient). These bodies are "
+            "over the 5 MiB production `MAX_BODY_BYTES` from about 5,000 resources, so this series runs with "
+            "`MAX_BODY_BYTES` raised; everything else as in process above.")
+        add("")
+        add("| resources | body | calls | service median | p99 | CPU median | per resource | "
+            "JSON round trip median | ratio | cards |")
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        for measured in results.scaling:
+            w = measured.workload
+            per = median(measured.service_s) / max(1, w.prefetch_resources) * 1e6
+            add(f"| {w.prefetch_resources:,} | {w.body_kib / 1024:.2f} MiB | {len(measured.service_s)} "
+                f"| {_ms(median(measured.service_s))} | {_ms(p99(measured.service_s))} "
+                f"| {_ms(median(measured.service_cpu_s))} | {per:.0f} µs "
+                f"| {_ms(median(measured.json_s))} | {measured.ratio:.1f}x | {_cards(measured)} |")
+        add("")
+        if len(results.scaling) >= 2:
+            first, last = results.scaling[0], results.scaling[-1]
+            add(f"Growth from {first.workload.prefetch_resources:,} to {last.workload.prefetch_resources:,} "
+                f"resources ({last.workload.prefetch_resources / first.workload.prefetch_resources:.0f}x): "
+                f"service time {median(last.service_s) / median(first.service_s):.1f}x, JSON round trip "
+                f"{median(last.json_s) / median(first.json_s):.1f}x.")
+            add("")
+        if results.scaling_gc:
+            add("Cyclic garbage collector during one extra call per size (from `gc.callbacks`; pyinstrument "
+                "charges this time to whichever frame was allocating):")
+            add("")
+            add("| resources | call | collections (gen 0 / 1 / 2) | time in GC | share |")
+            add("|---|---|---|---|---|")
+            for size, stats in results.scaling_gc:
+                counts = " / ".join(str(stats.collections.get(g, 0)) for g in (0, 1, 2))
+                add(f"| {size:,} | {_ms(stats.call_s)} | {counts} | {_ms(stats.gc_s)} "
+                    f"| {stats.gc_s / stats.call_s * 100:.0f} % |")
+            add("")
+        if results.scaling_fit is not None:
+            slope, intercept, r2 = results.scaling_fit
+            add("Least-squares fit of median service time on resources: "
+                f"**{slope * 1e6:.1f} µs per resource** + {_ms(intercept)} fixed (R² = {r2:.4f}).")
+            add("")
+
+    # -- profiles --------------------------------------------------------------------------------
+    profiled = [t for t in results.targets if t.profile is not None]
+    if profiled:
+        add("## Where the time goes")
+        add("")
+        add("pyinstrument profiles (functions by self time, then the call tree) for "
+            + ("every scenario (`--profile-all`)." if all(t.profile for t in results.targets)
+               else "each missed target.")
+            + " Top functions by self time:")
+        add("")
+        for target in profiled:
+            found = target.profile
+            assert found is not None
+            add(f"### {target.scenario} ([{_rel(found.path, out)}]({_rel(found.path, out)}))")
+            add("")
+            add(f"{found.calls} calls, {found.seconds:.2f} s profiled.")
+            add("")
+            add("```")
+            lines.extend(found.top or ["(no samples)"])
+            add("```")
+            add("")
+
+    # -- notes -----------------------------------------------------------------------------------
+    add("## Notes")
+    add("")
+    add("- Requests are built from the project's fixtures with `cds_service.fixtures.build_request`; padded "
+        "patients add routine labs, unrelated problems and non-immunosuppressant medications "
+        "(`bench/workloads.py`), and every scenario checks that the cards returned are the fixture's "
+        "expected cards.")
+    add("- The large and scaling requests are built with the `laboratory` template's `_count=1000` removed, "
+        "so all their Observations arrive in one prefetched Bundle (no `next` link to page).")
+    add("- Log lines are produced as in production (INFO, redaction filter) but written to /dev/null in "
+        "process, and to a file under gunicorn.")
+    add("- p99 over few calls (large, scaling) is close to the maximum; read it with the call count.")
+    for note in results.notes:
+        add(f"- {note}")
+    add("")
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""ivig-cds benchmark: ``make bench`` (full, a few minutes) or ``make bench-quick`` (< 60 s).
+
+    .venv/bin/python bench/run.py            # full: writes bench/RESULTS.md (+ bench/profiles/)
+    .venv/bin/python bench/run.py --quick    # quick: writes var/bench/RESULTS-quick.md
+    .venv/bin/python bench/run.py --tiny --out /tmp/r.md --profiles-dir /tmp/p --profile-all
+                                             # the smoke test's mode: every code path, tiny counts
+
+Scenarios (see bench/README.md): in-process fast path / typical / large prefetch, each against a JSON
+round trip of its own body; gunicorn over loopback under 16 concurrent clients; FHIR fallback with
+five missing keys on a slow server; prefetch scaling 100 -> 20,000 resources.  Each target is
+reported met / not met; a missed target gets a pyinstrument profile in the profiles directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from flask.testing import FlaskClient  # noqa: E402
+
+from bench import fallback, httpload, inprocess, machine, profiling, report, workloads  # noqa: E402
+from bench.stats import least_squares, median, p99  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    fast_repeats: int
+    typical_repeats: int
+    large_repeats: int
+    large_scale: float
+    warmup: int
+    scaling: dict[int, int]  # prefetch size -> repeats
+    scaling_reference: tuple[int, int]  # (small, large) sizes of the linearity ratio
+    fallback_delay_s: float
+    fallback_repeats: int
+    http_mix_runs: int
+    http_mix_count: int
+    http_ivig_count: int
+    http_warmup: int
+    profile_calls: dict[str, int]
+
+
+MODES: dict[str, Mode] = {
+    "full": Mode("full", fast_repeats=3000, typical_repeats=600, large_repeats=40, large_scale=1.0, warmup=20,
+                 scaling={100: 200, 1000: 30, 5000: 10, 20000: 5}, scaling_reference=(1000, 20000),
+                 fallback_delay_s=0.1, fallback_repeats=30,
+                 http_mix_runs=3, http_mix_count=3000, http_ivig_count=2000, http_warmup=300,
+                 profile_calls={"fast-path": 3000, "typical": 300, "large": 20, "http": 600, "fallback": 10,
+                                "scaling": 3}),
+    "quick": Mode("quick", fast_repeats=500, typical_repeats=100, large_repeats=8, large_scale=1.0, warmup=5,
+                  scaling={100: 20, 1000: 5, 5000: 3, 20000: 2}, scaling_reference=(1000, 20000),
+                  fallback_delay_s=0.1, fallback_repeats=6,
+                  http_mix_runs=1, http_mix_count=800, http_ivig_count=0, http_warmup=100,
+                  profile_calls={"fast-path": 500, "typical": 50, "large": 4, "http": 100, "fallback": 3,
+                                 "scaling": 1}),
+    "tiny": Mode("tiny", fast_repeats=3, typical_repeats=3, large_repeats=2, large_scale=0.02, warmup=1,
+                 scaling={30: 2, 60: 2}, scaling_reference=(30, 60),
+                 fallback_delay_s=0.01, fallback_repeats=2,
+                 http_mix_runs=1, http_mix_count=16, http_ivig_count=0, http_warmup=0,
+                 profile_calls={"fast-path": 2, "typical": 2, "large": 1, "http": 2, "fallback": 1,
+                                "scaling": 1}),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets (issue 8)
+# --------------------------------------------------------------------------------------------------
+
+FAST_PATH_MAX_S = 0.001
+TYPICAL_MAX_S = 0.010
+LARGE_MAX_RATIO = 3.0
+HTTP_MIN_CALLS_PER_S = 300.0
+HTTP_MAX_P99_S = 0.100
+FALLBACK_MAX_RATIO = 1.5
+SCALING_MAX_RATIO = 25.0
+
+
+@dataclass
+class Target:
+    scenario: str  # also the profile's file name
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this mode
+    profile: profiling.Profile | None = None
+
+
+@dataclass
+class Results:
+    mode: Mode
+    machine: machine.Machine
+    healthz_s: list[float] = field(default_factory=list)
+    in_process: list[inprocess.Measured] = field(default_factory=list)
+    scaling: list[inprocess.Measured] = field(default_factory=list)
+    scaling_fit: tuple[float, float, float] | None = None  # slope s/resource, intercept s, r^2
+    scaling_gc: list[tuple[int, inprocess.GcStats]] = field(default_factory=list)
+    fallback: fallback.FallbackResult | None = None
+    http_phases: list[httpload.LoadPhase] = field(default_factory=list)
+    http_checks: list[tuple[str, int, list[str], list[str]]] = field(default_factory=list)
+    http_config: dict[str, object] = field(default_factory=dict)
+    mix_process_cpu_s: float | None = None  # in process, all threads, per call of the 50/50 mix
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+def _caller(client: FlaskClient, workload: workloads.Workload) -> Callable[[], None]:
+    def call() -> None:
+        inprocess.post(client, workload)
+
+    return call
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, mode: Mode, profiles_dir: Path, profile_all: bool) -> None:
+        self.mode = mode
+        self.profiles_dir = profiles_dir
+        self.profile_all = profile_all
+        self.results = Results(mode, machine.describe(ROOT))
+
+    def _target(self, scenario: str, goal: str, measured: str, met: bool | None,
+                work: Callable[[], None] | None, note: str = "") -> Target:
+        target = Target(scenario, goal, measured, met)
+        if work is not None and (self.profile_all or met is False):
+            calls = self.mode.profile_calls.get(scenario.split("-")[0] if scenario.startswith("scaling")
+                                                else scenario, 1)
+            log(f"profiling {scenario} ({calls} calls)")
+            target.profile = profiling.profile(scenario, self.profiles_dir, work, calls=calls, note=note)
+        self.results.targets.append(target)
+        return target
+
+    # -- in process --------------------------------------------------------------------------
+    def in_process(self) -> None:
+        mode = self.mode
+        app = inprocess.make_app()
+        client = app.test_client()
+        self.results.healthz_s = inprocess.measure_empty_request(client, min(500, mode.fast_repeats))
+        fast_wl = workloads.fast_path()
+        typical_wl = workloads.typical()
+        log("in-process: fast path")
+        fast = inprocess.measure(client, fast_wl, repeats=mode.fast_repeats, warmup=mode.warmup)
+        self.results.in_process.append(fast)
+        log("in-process: typical IVIG call")
+        typical = inprocess.measure(client, typical_wl, repeats=mode.typical_repeats, warmup=mode.warmup)
+        self.results.in_process.append(typical)
+        log("in-process: large prefetch (building the request)")
+        large_wl = workloads.large(mode.large_scale)
+        log(f"in-process: large prefetch ({large_wl.prefetch_resources} resources, "
+            f"{large_wl.body_kib:.0f} KiB)")
+        large = inprocess.measure(client, large_wl, repeats=mode.large_repeats, warmup=min(3, mode.warmup))
+        self.results.in_process.append(large)
+
+        call = functools.partial(_caller, client)
+        self._target("fast-path", "fast path (non-IVIG order) <= 1 ms median, in process",
+                     f"{_ms(median(fast.service_s))} median (p99 {_ms(p99(fast.service_s))})",
+                     median(fast.service_s) <= FAST_PATH_MAX_S, call(fast_wl))
+        self._target("typical", "typical IVIG call (~60 resources) <= 10 ms median, in process",
+                     f"{_ms(median(typical.service_s))} median (p99 {_ms(p99(typical.service_s))})",
+                     median(typical.service_s) <= TYPICAL_MAX_S, call(typical_wl))
+        self._target("large", "large prefetch <= 3x the JSON round trip of its own body",
+                     f"{large.ratio:.2f}x ({_ms(median(large.service_s))} vs {_ms(median(large.json_s))})",
+                     large.ratio <= LARGE_MAX_RATIO, call(large_wl))
+        self._app, self._fast_wl, self._typical_wl = app, fast_wl, typical_wl
+
+    # -- scaling -----------------------------------------------------------------------------
+    def scaling(self) -> None:
+        mode = self.mode
+        app = inprocess.make_app({"MAX_BODY_BYTES": inprocess.SCALING_MAX_BODY_BYTES})
+        client = app.test_client()
+        largest: workloads.Workload | None = None
+        for size, repeats in sorted(mode.scaling.items()):
+            log(f"scaling: building {size} resources")
+            workload = workloads.scaling(size)
+            log(f"scaling: {size} resources ({workload.body_kib / 1024:.1f} MiB), {repeats} calls")
+            measured = inprocess.measure(client, workload, repeats=repeats, warmup=1)
+            self.results.scaling.append(measured)
+            self.results.scaling_gc.append((size, inprocess.gc_during_call(client, workload)))
+            largest = workload
+            gc.collect()
+        points = [(m.workload.prefetch_resources, median(m.service_s)) for m in self.results.scaling]
+        if len(points) >= 2:
+            line = least_squares([p[0] for p in points], [p[1] for p in points])
+            self.results.scaling_fit = (line.slope, line.intercept, line.r_squared)
+        small_size, big_size = mode.scaling_reference
+        by_size = {m.workload.name: m for m in self.results.scaling}
+        small, big = by_size.get(f"scaling-{small_size}"), by_size.get(f"scaling-{big_size}")
+        met: bool | None = None
+        figure = "not measured"
+        if small is not None and big is not None:
+            ratio = median(big.service_s) / median(small.service_s)
+            # 25x for 1,000 -> 20,000 (20x the resources); the same allowance for other size pairs.
+            limit = SCALING_MAX_RATIO * (big_size / small_size) / 20
+            met = ratio <= limit
+            figure = (f"{ratio:.1f}x ({big_size:,}: {_ms(median(big.service_s))}, "
+                      f"{small_size:,}: {_ms(median(small.service_s))})")
+        work = None if largest is None else _caller(client, largest)
+        self._target("scaling", f"linear in prefetch size: {big_size:,}-resource call <= "
+                     f"{SCALING_MAX_RATIO:g}x the {small_size:,}-resource call", figure, met, work,
+                     note=f"workload: {largest.description if largest else '-'}")
+
+    # -- fallback ----------------------------------------------------------------------------
+    def fallback(self) -> None:
+        mode = self.mode
+        log(f"fallback: five missing keys, {mode.fallback_delay_s * 1000:.0f} ms per query")
+        result = fallback.run(delay_s=mode.fallback_delay_s, repeats=mode.fallback_repeats,
+                              warmup=min(3, mode.warmup + 1))
+        self.results.fallback = result
+        met = result.ratio <= FALLBACK_MAX_RATIO
+        target = self._target(
+            "fallback", f"fallback, five missing keys at {mode.fallback_delay_s * 1000:.0f} ms each "
+            "<= 1.5x one query", f"{result.ratio:.2f}x ({_ms(median(result.call_s))} vs "
+            f"{_ms(median(result.query_s))})", met, None)
+        if self.profile_all or not met:
+            log("profiling fallback")
+            target.profile = fallback.profile(delay_s=mode.fallback_delay_s, out_dir=self.profiles_dir,
+                                              calls=mode.profile_calls.get("fallback", 1))
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def http(self, tmp: Path) -> None:
+        mode = self.mode
+        fast_wl, typical_wl = self._fast_wl, self._typical_wl
+        settings = httpload.production_settings()
+        log(f"http: starting gunicorn ({settings.get('workers')} workers x "
+            f"{settings.get('threads')} threads)")
+        with httpload.gunicorn(tmp) as server:
+            self.results.http_config = {**settings, "config_file": str(server.config.relative_to(ROOT)),
+                                        "config_note": server.config_note,
+                                        "concurrency": httpload.CONCURRENCY}
+            for workload in (typical_wl, fast_wl):
+                status, cards = httpload.check_answer(server, workload)
+                self.results.http_checks.append((workload.name, status, cards, workload.expected_cards))
+            mix = httpload.LoadPhase("mix", "typical IVIG calls and fast-path calls alternating (50/50)",
+                                     [typical_wl.name, fast_wl.name])
+            for index in range(mode.http_mix_runs):
+                log(f"http: mix run {index + 1}/{mode.http_mix_runs}, {mode.http_mix_count} calls")
+                mix.runs.append(httpload.run_load(server, tmp, [typical_wl, fast_wl], mix.pattern,
+                                                  count=mode.http_mix_count,
+                                                  warmup=mode.http_warmup if index == 0 else 0))
+            self.results.http_phases.append(mix)
+            if mode.http_ivig_count:
+                ivig = httpload.LoadPhase("ivig-only", "typical IVIG calls only", [typical_wl.name])
+                log(f"http: IVIG-only run, {mode.http_ivig_count} calls")
+                ivig.runs.append(httpload.run_load(server, tmp, [typical_wl], ivig.pattern,
+                                                   count=mode.http_ivig_count, warmup=0))
+                self.results.http_phases.append(ivig)
+        self.results.mix_process_cpu_s = inprocess.process_cpu_per_call(
+            self._app, self._app.test_client(), [typical_wl, fast_wl], min(1000, max(20, mode.http_mix_count // 3)))
+        rates = mix.calls_per_s()
+        rate = median(rates)
+        p50_s, p99_s = mix.summary()
+        errors = mix.error_count
+        met = rate >= HTTP_MIN_CALLS_PER_S and p99_s <= HTTP_MAX_P99_S and errors == 0
+        client = self._app.test_client()
+        pair = [typical_wl, fast_wl]
+        turn = iter(range(10**9))
+
+        def work() -> None:
+            inprocess.post(client, pair[next(turn) % 2])
+
+        self._target("http", "HTTP, 16 clients: >= 300 calls/s, p99 <= 100 ms, zero errors",
+                     f"{rate:.0f} calls/s, p50 {_ms(p50_s)}, p99 {_ms(p99_s)}, {errors} errors "
+                     f"({mix.calls} calls, 50/50 typical/fast path)", met, work,
+                     note="in-process profile of the same 50/50 mix (the gunicorn layer is not in it)")
+
+    def _watched(self, name: str, scenario: Callable[[], None]) -> None:
+        noise = machine.watch(name)
+        try:
+            scenario()
+        finally:
+            noise.stop()
+            self.results.machine.noise.append(noise)
+
+    def run(self, tmp: Path) -> Results:
+        started = time.perf_counter()
+        with inprocess.quiet_logs():
+            self._watched("in process", self.in_process)
+            self._watched("scaling", self.scaling)
+            self._watched("fallback", self.fallback)
+            self._watched("HTTP", functools.partial(self.http, tmp))
+        machine.finish(self.results.machine)
+        self.results.elapsed_s = time.perf_counter() - started
+        return self.results
+
+
+# --------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ivig-cds benchmark (see bench/README.md)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="fewer repeats: runs in under a minute")
+    group.add_argument("--tiny", action="store_true", help="smoke-test mode: every code path, tiny counts")
+    parser.add_argument("--out", type=Path, help="where to write the results (Markdown)")
+    parser.add_argument("--profiles-dir", type=Path, help="where to write pyinstrument profiles")
+    parser.add_argument("--profile-all", action="store_true", help="profile every scenario, met or not")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS for the CPUs to be >= 90 %% idle over 5 s")
+    args = parser.parse_args(argv)
+    mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    if mode.name == "full":
+        out = args.out or ROOT / "bench" / "RESULTS.md"
+        profiles_dir = args.profiles_dir or ROOT / "bench" / "profiles"
+    else:  # never overwrite the published results with a quick or tiny run
+        out = args.out or ROOT / "var" / "bench" / f"RESULTS-{mode.name}.md"
+        profiles_dir = args.profiles_dir or ROOT / "var" / "bench" / "profiles"
+    waited: bool | None = None
+    if args.wait_idle > 0:
+        waited = machine.wait_until_idle(args.wait_idle, log=log)
+    loads = machine.load_average()
+    cores = machine.usable_cores()
+    if loads is not None and loads[0] > 0.5 * cores:
+        log(f"warning: load average {loads[0]:.1f} on {cores} cores: other work is running, figures will be "
+            "slower and noisier than on an idle machine")
+    runner = Runner(mode, profiles_dir, args.profile_all)
+    runner.results.machine.waited_for_idle = waited
+    with tempfile.TemporaryDirectory(prefix="ivig-bench-") as tmp:
+        results = runner.run(Path(tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.render(results, out), encoding="utf-8")
+    log(f"wrote {out} in {results.elapsed_s:.0f} s")
+    for target in results.targets:
+        state = "met" if target.met else "not measured" if target.met is None else "NOT MET"
+        log(f"  {state:12} {target.goal}: {target.measured}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
