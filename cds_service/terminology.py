@@ -233,10 +233,10 @@ def as_list(value: Any) -> list[Any]:
 def codings(concept: Any) -> Iterator[tuple[str, str, str]]:
     """(system, code, display) of every well-formed Coding in a CodeableConcept (or list of them)."""
     for cc in as_list(concept):
-        if not isinstance(cc, Mapping):
+        if not isinstance(cc, dict):
             continue
         for coding in as_list(cc.get("coding")):
-            if isinstance(coding, Mapping):
+            if isinstance(coding, dict):
                 code = coding.get("code")
                 if isinstance(code, str):
                     display = coding.get("display")
@@ -250,13 +250,13 @@ def concept_texts(concept: Any) -> Iterator[str]:
         if isinstance(cc, str):
             yield cc
             continue
-        if not isinstance(cc, Mapping):
+        if not isinstance(cc, dict):
             continue
         text = cc.get("text")
         if isinstance(text, str):
             yield text
         for coding in as_list(cc.get("coding")):
-            if isinstance(coding, Mapping):
+            if isinstance(coding, dict):
                 display = coding.get("display")
                 if isinstance(display, str):
                     yield display

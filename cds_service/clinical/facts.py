@@ -355,6 +355,7 @@ class _Matcher:
             for code in vs.codes:
                 self.by_code.setdefault(code, []).append(name)
         self.any_alias = alternation(a for vs in self.sets.values() for a in vs.aliases)
+        self._text_cache: dict[str, tuple[str, ...]] = {}
         self.text_only = frozenset(name for name, vs in self.sets.items()
                                    if not vs.codes and not vs.icd_prefixes and not vs.ndc_products)
 
@@ -382,13 +383,22 @@ class _Matcher:
         if not candidates:
             return names
         for text in concept_texts(concept):
-            norm = normalise_text(text)
-            if not self.any_alias.search(norm):
-                continue
-            for name in candidates:
-                if name not in names and self.sets[name].matches_text(text):
+            for name in self._text_groups(text):
+                if name in candidates and name not in names:
                     names.append(name)
         return names
+
+    def _text_groups(self, text: str) -> tuple[str, ...]:
+        """Groups whose aliases match ``text``; cached, since a record repeats a few lab names."""
+        found = self._text_cache.get(text)
+        if found is None:
+            found = ()
+            if self.any_alias is not None and self.any_alias.search(normalise_text(text)):
+                found = tuple(name for name, vs in self.sets.items() if vs.matches_text(text))
+            if len(self._text_cache) > 20_000:
+                self._text_cache.clear()
+            self._text_cache[text] = found
+        return found
 
 
 @dataclass

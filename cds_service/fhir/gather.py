@@ -468,6 +468,12 @@ def _unique(by_key: Mapping[str, list[Resource]]) -> list[Resource]:
 
 
 def _log(gathered: Gathered) -> None:
+    # INFO when the server was involved or something is missing; a call served wholly from
+    # prefetch is routine (DEBUG), and formatting its line costs every call.
+    routine = all(o.status in (PREFETCH, NULL) and o.complete and not o.reason for o in gathered.outcomes.values())
+    level = logging.DEBUG if routine else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
     parts = []
     for key, outcome in gathered.outcomes.items():
         detail = [f"{outcome.elapsed_ms:.0f}ms"]
@@ -478,7 +484,7 @@ def _log(gathered: Gathered) -> None:
         if outcome.reason:
             detail.append(outcome.reason)
         parts.append(f"{key}={outcome.status}({','.join(detail)})")
-    logger.info("fhir gather %.0fms: %s", gathered.elapsed_ms, " ".join(parts))
+    logger.log(level, "fhir gather %.0fms: %s", gathered.elapsed_ms, " ".join(parts))
 
 
 def _check_required(gathered: Gathered, service: ServiceDefinition, base: str | None,

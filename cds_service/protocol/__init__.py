@@ -52,15 +52,36 @@ def check_content_type(content_type: str | None) -> None:
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
+# Every byte but the four brackets (UTF-8 continuation bytes are never ASCII, so this is exact).
+_ALL_BUT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _check_shape(text: str, value: Any, limits: Limits) -> None:
-    """Depth and string-length limits on the raw JSON text, in C-speed regex passes.
+def _depth_at_most(brackets: bytes, limit: int) -> bool | None:
+    """True when the bracket skeleton nests at most ``limit`` deep; None when undecided.
 
-    A walk over the decoded value costs as much as the decode itself for a large prefetch;
-    instead, strings are dropped, and innermost bracket pairs removed once per level.
+    Each ``replace`` removes every adjacent pair of one kind, i.e. at least the innermost level
+    of that kind, so a skeleton emptied in n replaces nests at most n deep.
     """
-    if len(text) > limits.max_string_length:
+    passes = 0
+    while brackets:
+        if passes >= limit:
+            return None
+        reduced = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        passes += 2
+        if reduced == brackets:
+            return None  # unbalanced: brackets inside strings
+        brackets = reduced
+    return True
+
+
+def _check_shape(raw: bytes, text: str, value: Any, limits: Limits) -> None:
+    """Depth and string-length limits, in C-speed passes over the raw body.
+
+    A walk over the decoded value costs as much as the decode itself for a large prefetch.
+    Depth: the bracket bytes alone, paired off level by level (brackets inside strings can only
+    make this undecided, and then strings are removed and the exact count is taken).
+    """
+    if len(raw) > limits.max_string_length:
         # Escaped backslashes, then escaped quotes, become two plain characters: quotes are then
         # only string delimiters, and a raw run is at least as long as the string it encodes.
         plain = text.replace("\\\\", "__").replace('\\"', "__") if '\\"' in text else text
@@ -70,6 +91,8 @@ def _check_shape(text: str, value: Any, limits: Limits) -> None:
         if long_string.search(plain) and _longest_string(value) > limits.max_string_length:
             raise BadRequest(f"a JSON string is longer than {limits.max_string_length} characters",
                              code="string_too_long")
+    if _depth_at_most(raw.translate(None, _ALL_BUT_BRACKETS), limits.max_depth):
+        return
     brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
     for _ in range(limits.max_depth):
         if not brackets:
@@ -95,7 +118,7 @@ def parse_json(body: bytes, limits: Limits) -> Any:
         raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
     except ValueError:  # e.g. an integer literal with more digits than Python converts
         raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json") from None
-    _check_shape(text, value, limits)
+    _check_shape(body, text, value, limits)
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         # json.loads turns a lone "\\ud800" escape into a str that cannot be encoded as UTF-8
         # (database, response, logs): refuse it here rather than fail deep inside.
