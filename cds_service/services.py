@@ -15,7 +15,7 @@ from typing import Any
 from .terminology import Terminology
 
 ANTIBODY_SETS = ("antibody-jo1", "antibody-pl7", "antibody-pl12", "antibody-ej", "antibody-oj",
-                 "antibody-ro52", "antibody-mda5")
+                 "antibody-ro52", "antibody-mda5", "antibody-other-myositis")
 SAFETY_LAB_SETS = ("lab-creatinine", "lab-egfr", "lab-iga", "lab-weight")
 PULMONARY_SETS = ("lab-fvc", "lab-fvc-pct", "lab-dlco", "lab-dlco-pct")
 

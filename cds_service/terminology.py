@@ -36,6 +36,9 @@ _SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.96": SNOMED,
     "https://snomed.info/sct": SNOMED,
     "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    # WHO ICD-10 shares ICD-10-CM's categories (M33.1, J84.1 …); clients often label CM codes with
+    # it (the spec's own example does).  Only the value sets' is-a prefixes and exact codes apply.
+    "http://hl7.org/fhir/sid/icd-10": ICD10CM,
     "http://hl7.org/fhir/sid/icd-10-us": ICD10CM,
     "urn:oid:2.16.840.1.113883.6.69": NDC,
     "urn:oid:2.16.840.1.113883.6.88": RXNORM,

@@ -708,3 +708,18 @@ def test_fixture_requests_are_deterministic_full_requests(tmp_path: Path) -> Non
     assert not (out / "stale.order-sign.json").exists()
     assert {p.name for p in out.glob("*.json")} == set(first)
     assert main(["fixtures", "build", "--check", "--fixtures-dir", str(FIXTURES), "--out-dir", str(out)]) == 0
+
+
+def test_scope_value_sets_are_in_every_cards_hash() -> None:
+    """Every value set the order scope and clinical scope read is listed in _shared.yaml's
+    scope_valuesets, so changing what counts as IVIG (or who is in scope) voids every approval."""
+    import yaml
+
+    from cds_service.clinical import facts, orders  # noqa: F401 - the modules whose sets are checked
+
+    shared = yaml.safe_load((Path(__file__).resolve().parent.parent / "cards" / "_shared.yaml").read_text())
+    scope = set(shared["scope_valuesets"])
+    used_by_scope = {"medication-ivig", "medication-ig-not-ivig", "route-subcutaneous", "route-intramuscular",
+                     *facts.MATCHED_ANTIBODIES.values(), facts.CONDITIONS["ild"], facts.CONDITIONS["myositis"],
+                     facts.CONDITIONS["asys"]}
+    assert used_by_scope <= scope, used_by_scope - scope

@@ -31,6 +31,10 @@ from .orders import bundled_medications, medication_concepts, reference_of, rout
 ANTIBODIES = {"jo1": "antibody-jo1", "pl7": "antibody-pl7", "pl12": "antibody-pl12",
               "ej": "antibody-ej", "oj": "antibody-oj", "ro52": "antibody-ro52", "mda5": "antibody-mda5"}
 SYNTHETASE_ANTIBODIES = ("jo1", "pl7", "pl12", "ej", "oj")
+# Other myositis antibodies (Mi-2, TIF1-gamma, SRP, …): no card is about them, but a result puts
+# the patient "on record" for antibodies and a positive one in the clinical scope.
+OTHER_ANTIBODIES = "other"
+MATCHED_ANTIBODIES = {**ANTIBODIES, OTHER_ANTIBODIES: "antibody-other-myositis"}
 CONDITIONS = {"asys": "condition-asys", "ild": "condition-ild", "rp_ild": "condition-rp-ild",
               "myositis": "condition-myositis", "dysphagia": "condition-dysphagia",
               "vte_history": "condition-vte-history", "iga_deficiency": "condition-iga-deficiency",
@@ -329,7 +333,7 @@ class PatientFacts:
 
     @property
     def any_antibody_positive(self) -> bool:
-        return any(self.antibody_positive(a) for a in ANTIBODIES)
+        return any(result.status in POSITIVE_GRADES for result in self.antibodies.values())
 
     @property
     def has_antibody_results(self) -> bool:
@@ -422,7 +426,7 @@ def _catalogue(terminology: Terminology) -> _Catalogue:
     found = _CATALOGUES.get(id(terminology))
     if found is None:
         found = _Catalogue(
-            antibodies=_Matcher(terminology, ANTIBODIES),
+            antibodies=_Matcher(terminology, MATCHED_ANTIBODIES),
             conditions=_Matcher(terminology, CONDITIONS),
             labs=_Matcher(terminology, LABS),
             pft=_Matcher(terminology, PFT_PERCENT),
@@ -496,6 +500,12 @@ class _Extractor:
     def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
         graded = grade_result(obs)
         self.facts.antibody_results_seen += 1
+        if name == OTHER_ANTIBODIES:
+            # One entry per analyte (its first code, else its text), so a newer negative for one
+            # antibody does not hide a positive for another.
+            code = obs.get("code")
+            analyte = next((c for _, c, _ in codings(code)), "") or next(iter(concept_texts(code)), "")
+            name = f"{OTHER_ANTIBODIES}:{analyte}"
         current = self.facts.antibodies.get(name)
         if current is None or _newer(when, current.date):
             self.facts.antibodies[name] = AntibodyResult(name, graded.grade, when, ref, graded.value_text)

@@ -195,7 +195,8 @@ class Catalog:
         card = self.cards[card_id]
         meta = {k: v for k, v in card.meta.items() if k != "approval"}
         parts: list[str] = [_canonical(meta), card.body]
-        for vs_id in sorted(str(v) for v in meta.get("valuesets", []) or []):
+        scope = [str(v) for v in self.shared.get("scope_valuesets", []) or []]
+        for vs_id in sorted({str(v) for v in meta.get("valuesets", []) or []} | set(scope)):
             if vs_id in self.terminology:
                 parts.append(_canonical(self.terminology[vs_id].resource))
             else:
