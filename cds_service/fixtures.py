@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from cds_service.protocol import render_template as protocol_render_template
 from cds_service.settings import DEFAULT_FIXTURES_DIR
 
 JsonDict = dict[str, Any]
@@ -423,38 +424,13 @@ def shift_fixture(fixture: Mapping[str, Any], today: date | None = None) -> Json
 # CDS Hooks requests
 # --------------------------------------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
-_USER_TOKENS = {
-    "userPractitionerId": "Practitioner",
-    "userPractitionerRoleId": "PractitionerRole",
-    "userPatientId": "Patient",
-    "userRelatedPersonId": "RelatedPerson",
-}
 
 
 def render_template(template: str, context: Mapping[str, Any]) -> str | None:
     """Fill a prefetch template's ``{{context.x}}`` / ``{{userPractitionerId}}`` tokens from the
-    context; None when a token cannot be resolved (clients leave such keys out)."""
-    unresolved = False
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal unresolved
-        token = match.group(1)
-        value: Any = None
-        if token.startswith("context."):
-            value = context.get(token.removeprefix("context."))
-        elif token in _USER_TOKENS:
-            user = context.get("userId")
-            prefix = _USER_TOKENS[token] + "/"
-            if isinstance(user, str) and user.startswith(prefix):
-                value = user.removeprefix(prefix)
-        if not isinstance(value, str) or not value:
-            unresolved = True
-            return ""
-        return value
-
-    rendered = _TOKEN_RE.sub(replace, template)
-    return None if unresolved else rendered
+    context (unencoded: the in-memory search reads it); None when a token cannot be resolved
+    (clients leave such keys out)."""
+    return protocol_render_template(template, context, encode=False)
 
 
 def _draft_references(draft_orders: Any) -> list[str]:

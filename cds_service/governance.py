@@ -35,6 +35,7 @@ from markupsafe import Markup
 
 from .clinical.model import DataNote, Decision, Fact
 from .content import (
+    CITATION,
     INDICATORS,
     SEVERITY,
     STATUSES,
@@ -44,6 +45,7 @@ from .content import (
     ContentError,
     make_environment,
     normalise_body,
+    parse_date,
     split_front_matter,
 )
 from .terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology, compile_value_set
@@ -84,7 +86,6 @@ SELECTION_BEHAVIORS = ("at-most-one", "any")
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CODE_TOKEN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_CITATION = re.compile(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\](?!\()")
 # "…[ref]- Next item": a list marker glued to the previous line (a block tag ate the newline).
 _GLUED_LIST_ITEM = re.compile(r"[^\s\-]- (?=[A-Z*\[])")
 _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:")
@@ -444,17 +445,6 @@ def _is_date(value: Any) -> bool:
     return False
 
 
-def _as_date(value: Any) -> date | None:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        return None
-
-
 def _template_strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         if "{{" in value or "{%" in value:
@@ -514,7 +504,7 @@ def _check_card_static(card: _CardFile, terminology: Terminology,
     for key in listed:
         if key not in references:
             add("citation", f"citation {key!r} is not in references.yaml")
-    for key in dict.fromkeys(_CITATION.findall(card.body)):
+    for key in dict.fromkeys(CITATION.findall(card.body)):
         if key not in references:
             add("citation", f"the text cites [{key}], which is not in references.yaml")
         elif key not in listed:
@@ -566,10 +556,10 @@ def _check_front_matter(card: _CardFile) -> list[Problem]:
         add("`version` must be quoted or written MAJOR.MINOR.PATCH (YAML read it as a number)")
     if fm.get("selection_behavior") is not None and fm["selection_behavior"] not in SELECTION_BEHAVIORS:
         add(f"`selection_behavior` must be one of {', '.join(SELECTION_BEHAVIORS)}")
-    released, revised = _as_date(fm.get("release_date")), _as_date(fm.get("revision_date"))
+    released, revised = parse_date(fm.get("release_date")), parse_date(fm.get("revision_date"))
     if released and revised and revised < released:
         add("`revision_date` is before `release_date`", WARNING)
-    reviewed, due = _as_date(fm.get("last_reviewed")), _as_date(fm.get("next_review_due"))
+    reviewed, due = parse_date(fm.get("last_reviewed")), parse_date(fm.get("next_review_due"))
     if reviewed and due and due < reviewed:
         add("`next_review_due` is before `last_reviewed`", WARNING)
 
@@ -735,7 +725,7 @@ def _check_catalog(catalog: Catalog, today: date) -> list[Problem]:
                                     f"approved by {approval.get('reviewer')} on {approval.get('date')}, but "
                                     "the content changed since (hash mismatch): re-approve it, or it is "
                                     "withheld under approved-only", ERROR, card_id))
-        due = _as_date(card.meta.get("next_review_due"))
+        due = parse_date(card.meta.get("next_review_due"))
         if due is not None and due < today and card.status != "retired":
             problems.append(Problem(card.path.name, "review-overdue",
                                     f"next review was due {due.isoformat()}"
@@ -1117,7 +1107,7 @@ def approve(cards_dir: str | Path, card_id: str, reviewer: str, today: date | No
     if card_meta.get("status") == "retired":
         raise GovernanceError(f"{card_id} is retired: a retired card is never served; "
                               "change its status first")
-    due = _as_date(card_meta.get("next_review_due"))
+    due = parse_date(card_meta.get("next_review_due"))
     if due is None or due < today:
         raise GovernanceError(f"{card_id}: next_review_due ({card_meta.get('next_review_due')}) has "
                               "passed: set the next review date before approving")
@@ -1279,7 +1269,7 @@ def _card_entry(catalog: Catalog, card_id: str, today: date,
                           "url": ref.get("url") if isinstance(ref, dict) else None,
                           "note": str(ref.get("note", "")) if isinstance(ref, dict) else "",
                           "missing": not isinstance(ref, dict)})
-    due = _as_date(fm.get("next_review_due"))
+    due = parse_date(fm.get("next_review_due"))
     return _jsonable({
         "id": card_id,
         "title": str(fm.get("title", card_id)),

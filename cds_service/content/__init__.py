@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ INDICATORS = ("info", "warning", "critical")
 SEVERITY = {"info": 0, "warning": 1, "critical": 2}
 SUMMARY_MAX = 140
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n?(.*)\Z", re.S)
-_CITATION = re.compile(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\](?!\()")
+CITATION = re.compile(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\](?!\()")
 # Inline Markdown syntax; block syntax (#, >, -, +) cannot start a line here because values are
 # always placed after a label and whitespace is collapsed.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -225,7 +225,7 @@ class Catalog:
         if not approval or approval.get("content_hash") != self.hashes[card_id]:
             return "approval-hash-mismatch"
         due = card.meta.get("next_review_due")
-        due_date = due if isinstance(due, date) else _parse_date(due)
+        due_date = parse_date(due)
         if due_date is None or due_date < today:
             return "review-overdue"
         return None
@@ -287,7 +287,7 @@ class Catalog:
             url = ref.get("url")
             return f"[{label}]({url})" if url else f"({label})"
 
-        return _CITATION.sub(replace, text)
+        return CITATION.sub(replace, text)
 
     def short_label(self, key: str) -> str:
         """"Huapaya 2019": a reference's ``short`` field, else first author's surname and year."""
@@ -464,7 +464,10 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_date(value: Any) -> date | None:
+def parse_date(value: Any) -> date | None:
+    """A YAML front-matter date (a date, a datetime or an ISO string), or None."""
+    if isinstance(value, datetime):
+        return value.date()
     if isinstance(value, date):
         return value
     try:

@@ -47,8 +47,9 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
+from .. import protocol
 from ..errors import PreconditionFailed
 from ..protocol import HookRequest
 from ..services import ServiceDefinition
@@ -65,13 +66,6 @@ SKIPPED = "skipped"
 STATUSES = (PREFETCH, FETCHED, NULL, FAILED, SKIPPED)
 UNAVAILABLE = frozenset({FAILED, SKIPPED})
 
-_TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
-_USER_TOKENS = {
-    "userPractitionerId": "Practitioner",
-    "userPractitionerRoleId": "PractitionerRole",
-    "userPatientId": "Patient",
-    "userRelatedPersonId": "RelatedPerson",
-}
 _READ_URL = re.compile(r"^[A-Z][A-Za-z]+/[^/?]+$")
 _MAX_BUNDLE_NESTING = 3
 
@@ -204,36 +198,10 @@ def _is_error_outcome(document: Resource) -> bool:
 def render_template(template: str, request: HookRequest) -> str | None:
     """The template with its tokens replaced by URL-encoded context values; None when a token
     cannot be resolved (a missing or non-primitive context field, an unknown token)."""
-    context: Mapping[str, Any] = request.context or {}
-    known: dict[str, Any] = {
-        "context.patientId": request.patient_id or context.get("patientId"),
-        "context.userId": request.user_id or context.get("userId"),
-        "context.encounterId": request.encounter_id or context.get("encounterId"),
-    }
-    unresolved = False
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal unresolved
-        token = match.group(1)
-        value: Any = None
-        if token in known:
-            value = known[token]
-        elif token.startswith("context.") and token.count(".") == 1:
-            value = context.get(token.removeprefix("context."))  # any root-level primitive field
-        elif token in _USER_TOKENS:
-            user = known["context.userId"]
-            prefix = _USER_TOKENS[token] + "/"
-            if isinstance(user, str) and user.startswith(prefix):
-                value = user.removeprefix(prefix)
-        if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
-            unresolved = True
-            return ""
-        return quote(str(value), safe="")
-
-    rendered = _TOKEN.sub(replace, template)
-    if unresolved or "{{" in rendered or "}}" in rendered:
-        return None
-    return rendered
+    context = dict(request.context or {})
+    context.update({k: v for k, v in (("patientId", request.patient_id), ("userId", request.user_id),
+                                      ("encounterId", request.encounter_id)) if v})
+    return protocol.render_template(template, context)
 
 
 def _join(base: str, relative: str) -> str:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import BadRequest, UnsupportedMediaType
 from .schema import first_error
@@ -247,6 +248,48 @@ def parse_feedback(payload: Any, limits: Limits | None = None) -> list[dict[str,
         raise BadRequest(problem)
     items: list[dict[str, Any]] = payload["feedback"]
     return items
+
+
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+# 2.0 user tokens: the id part of context.userId when it names a resource of that type.
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+def render_template(template: str, context: Mapping[str, Any], *, encode: bool = True) -> str | None:
+    """A prefetch template with its 2.0 tokens filled from the hook context.
+
+    ``{{context.x}}`` takes any root-level primitive context field; ``{{userPractitionerId}}``
+    and friends take the id of ``context.userId`` when it names that resource type.  Values are
+    URL-encoded unless ``encode`` is false.  None when a token cannot be resolved: clients leave
+    such keys out, and the service does not query them.
+    """
+    unresolved = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal unresolved
+        token = match.group(1)
+        value: Any = None
+        if token.startswith("context.") and token.count(".") == 1:
+            value = context.get(token.removeprefix("context."))
+        elif token in _USER_TOKENS:
+            user = context.get("userId")
+            prefix = _USER_TOKENS[token] + "/"
+            if isinstance(user, str) and user.startswith(prefix):
+                value = user.removeprefix(prefix)
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
+            unresolved = True
+            return ""
+        return quote(str(value), safe="") if encode else str(value)
+
+    rendered = _TOKEN.sub(replace, template)
+    if unresolved or "{{" in rendered or "}}" in rendered:
+        return None
+    return rendered
 
 
 def strip_empty(value: Any) -> Any:
