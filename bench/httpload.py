@@ -1,5 +1,5 @@
-"""Over HTTP: gunicorn on loopback with the production config, loaded by ``bench/loadgen.py`` in a
-separate process.
+"""Over HTTP: gunicorn on loopback with the production config, loaded in a separate process by
+``wrk`` (``bench/wrkload.py``, when it is on PATH) or by ``bench/loadgen.py`` (Python asyncio + httpx).
 
 gunicorn is started directly (``cds-service serve`` refuses ``CDS_AUTH=off`` without ``--dev``) with
 ``CDS_AUTH=off CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`` and the
@@ -26,12 +26,12 @@ from typing import Any
 
 import httpx
 
+from . import wrkload
 from .stats import median, p99
 from .workloads import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_CONFIG = ROOT / "gunicorn.conf.py"
-BENCH_CONFIG = Path(__file__).resolve().parent / "gunicorn_bench.conf.py"
 CONCURRENCY = 16
 
 
@@ -57,12 +57,7 @@ def production_settings() -> dict[str, Any]:
 
 
 def config_file() -> tuple[Path, str]:
-    """The config file to start gunicorn with and a note on why."""
-    if production_settings().get("accesslog") == "":
-        return BENCH_CONFIG, ("gunicorn.conf.py turns GUNICORN_ACCESSLOG=\"\" into accesslog=\"\", which "
-                              "gunicorn refuses at start-up (\"'' isn't writable\"); the bench starts "
-                              "gunicorn with bench/gunicorn_bench.conf.py, which reads gunicorn.conf.py "
-                              "unchanged and only maps the empty access log to None (off)")
+    """The config file to start gunicorn with and a note on it: the production file, as is."""
     return PRODUCTION_CONFIG, "gunicorn.conf.py as is"
 
 
@@ -171,9 +166,15 @@ class LoadRun:
     wall_s: float
     loadgen_cpu_s: float
     server_cpu_s: float | None
-    latencies: dict[str, list[float]]  # per kind, successful and failed calls alike
-    errors: dict[str, int]  # "http 500": n, "ConnectTimeout": n, ...
+    latencies: dict[str, list[float]]  # per kind (wrk: one "all" list), successful and failed calls alike
+    errors: dict[str, int]  # "http 500": n, "ConnectTimeout": n, "socket read": n, ...
     calls: int
+    generator: str = "httpx"  # "httpx" (bench/loadgen.py) or "wrk"
+    wrk: wrkload.WrkRun | None = None  # wrk's own figures (per_kind is then False)
+
+    @property
+    def per_kind(self) -> bool:
+        return self.wrk is None
 
     @property
     def calls_per_s(self) -> float:
@@ -186,6 +187,14 @@ class LoadPhase:
     description: str
     pattern: list[str]
     runs: list[LoadRun] = field(default_factory=list)
+
+    @property
+    def generators(self) -> list[str]:
+        return list(dict.fromkeys(run.generator for run in self.runs))
+
+    @property
+    def per_kind(self) -> bool:
+        return all(run.per_kind for run in self.runs)
 
     def latencies(self, kind: str | None = None) -> list[float]:
         out: list[float] = []
@@ -249,3 +258,20 @@ def _loadgen(server: Server, plan: Path, *, count: int, concurrency: int) -> dic
                            f"{completed.stderr.decode(errors='replace')[-2000:]}")
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
+
+
+def run_load_wrk(server: Server, tmp: Path, workloads: Sequence[Workload], pattern: Sequence[str], *,
+                 wrk: str, duration_s: int, warmup_s: int, concurrency: int = CONCURRENCY,
+                 name: str = "load") -> LoadRun:
+    """One fixed-duration wrk run (after a ``warmup_s`` wrk run when > 0) with the same plan as
+    ``run_load``: ``-t2 -c<concurrency>``; every answer outside 2xx and every socket error counts."""
+    script = wrkload.prepare(tmp, workloads, pattern, name)
+    if warmup_s:
+        wrkload.run(wrk, server.base_url, script, duration_s=warmup_s, connections=concurrency)
+    cpu_before = server.cpu_seconds()
+    result = wrkload.run(wrk, server.base_url, script, duration_s=duration_s, connections=concurrency)
+    cpu_after = server.cpu_seconds()
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return LoadRun(wall_s=result.duration_s, loadgen_cpu_s=result.cpu_s, server_cpu_s=server_cpu,
+                   latencies={"all": result.latencies_s}, errors=result.errors, calls=result.requests,
+                   generator="wrk", wrk=result)

@@ -96,45 +96,64 @@ def render(results: Results, out: Path) -> str:
     add("")
 
     # -- in process ------------------------------------------------------------------------------
-    add("## In process (Flask test client)")
-    add("")
-    add("`create_app({\"AUTH\": \"off\", \"CONTENT_POLICY\": \"all\", \"DATABASE_URL\": \"sqlite://\"})`, "
-        "hook `order-sign` (service `ivig-order-sign`). *Service time* is one `client.post()` with the "
-        "response body read; *JSON round trip* is `json.dumps(json.loads(body))` of the same request body, "
-        "timed right after each call. Ratio = median service time / median JSON round trip. *CPU* is the "
-        "calling thread's CPU time for the same calls (what a call costs when wall time includes waiting "
-        "for a core on a busy machine).")
-    add("")
-    add("| scenario | prefetch (distinct / entries) | body | calls | service median | service p99 | CPU median "
-        "| JSON round trip median | p99 | ratio | cards returned |")
-    add("|---|---|---|---|---|---|---|---|---|---|---|")
-    for measured in results.in_process:
-        w = measured.workload
-        add(f"| {w.name}: {w.description} | {w.prefetch_resources} / {w.prefetch_entries} "
-            f"| {w.body_kib:.0f} KiB | {len(measured.service_s)} | {_ms(median(measured.service_s))} "
-            f"| {_ms(p99(measured.service_s))} | {_ms(median(measured.service_cpu_s))} "
-            f"| {_ms(median(measured.json_s))} | {_ms(p99(measured.json_s))} | {measured.ratio:.1f}x "
-            f"| {_cards(measured)} |")
-    add("")
-    if results.healthz_s:
-        add(f"For scale: the test client's own cost, `GET /healthz` (no body, no work), is "
-            f"{_ms(median(results.healthz_s))} median (p99 {_ms(p99(results.healthz_s))}) over "
-            f"{len(results.healthz_s)} calls; it is included in every service time above.")
+    if results.in_process:
+        add("## In process (Flask test client)")
         add("")
+        add("`create_app({\"AUTH\": \"off\", \"CONTENT_POLICY\": \"all\", \"DATABASE_URL\": \"sqlite://\"})`, "
+            "hook `order-sign` (service `ivig-order-sign`). *Service time* is one `client.post()` with the "
+            "response body read; *JSON round trip* is `json.dumps(json.loads(body))` of the same request body, "
+            "timed right after each call. Ratio = median service time / median JSON round trip. *CPU* is the "
+            "calling thread's CPU time for the same calls (what a call costs when wall time includes waiting "
+            "for a core on a busy machine).")
+        add("")
+        add("| scenario | prefetch (distinct / entries) | body | calls | service median | service p99 | CPU median "
+            "| JSON round trip median | p99 | ratio | cards returned |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        for measured in results.in_process:
+            w = measured.workload
+            add(f"| {w.name}: {w.description} | {w.prefetch_resources} / {w.prefetch_entries} "
+                f"| {w.body_kib:.0f} KiB | {len(measured.service_s)} | {_ms(median(measured.service_s))} "
+                f"| {_ms(p99(measured.service_s))} | {_ms(median(measured.service_cpu_s))} "
+                f"| {_ms(median(measured.json_s))} | {_ms(p99(measured.json_s))} | {measured.ratio:.1f}x "
+                f"| {_cards(measured)} |")
+        add("")
+        if results.healthz_s:
+            add(f"For scale: the test client's own cost, `GET /healthz` (no body, no work), is "
+                f"{_ms(median(results.healthz_s))} median (p99 {_ms(p99(results.healthz_s))}) over "
+                f"{len(results.healthz_s)} calls; it is included in every service time above.")
+            add("")
 
     # -- HTTP ------------------------------------------------------------------------------------
     if results.http_phases:
         cfg = results.http_config
         add("## Over HTTP (gunicorn on loopback)")
         add("")
+        if cfg.get("loadgen") == "wrk":
+            load = (f"`{cfg.get('wrk_version')}` (`bench/wrkload.py`) in its own process: "
+                    f"`wrk -t{cfg.get('wrk_threads')} -c{cfg.get('concurrency')} -d<duration> "
+                    f"--timeout {cfg.get('wrk_timeout_s')}s --latency -s "
+                    f"<generated Lua script>`, i.e. {cfg.get('concurrency')} concurrent clients over keep-alive "
+                    "connections (each sends its next call when the previous answer is complete), each wrk "
+                    "thread cycling through the same request bodies and paths as the Python generator, for a "
+                    "fixed duration per run after a short wrk warm-up run. The script's `response()` counts every "
+                    "answer outside 2xx and its `done()` reports wrk's summary, socket errors, percentiles and "
+                    "latency histogram as JSON. wrk 4 applies a coordinated-omission correction to its histogram "
+                    "(synthetic samples below every slow call); the bench undoes it exactly, so p50/p99 below are "
+                    "every call's latency as its client saw it (the same quantity as the Python generator's), and "
+                    "wrk's own corrected percentiles are listed after the table")
+        else:
+            load = (f"`bench/loadgen.py` in its own process, Python asyncio + httpx, {cfg.get('concurrency')} "
+                    "concurrent clients over keep-alive connections, a fixed number of calls per run after a "
+                    "warm-up")
         add(f"gunicorn with `{cfg.get('config_file')}`: {cfg.get('workers')} workers x {cfg.get('threads')} "
             f"threads, `{cfg.get('worker_class')}`, keep-alive {cfg.get('keepalive')} s, access log off; env "
             "`CDS_AUTH=off CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`. Load: "
-            f"`bench/loadgen.py` in its own process, Python asyncio + httpx, {cfg.get('concurrency')} "
-            "concurrent clients over keep-alive connections, a fixed number of calls per run after a "
-            "warm-up. Latency is per call as the client sees it (send to full response); p50/p99 pool every "
+            f"{load}. Latency is per call as the client sees it (send to full response); p50/p99 pool every "
             "call of every run; calls/s is per run (median, and the range when there are several runs).")
         add("")
+        if cfg.get("loadgen_reason"):
+            add(f"Load generator: **{cfg.get('loadgen')}** ({cfg.get('loadgen_reason')}).")
+            add("")
         if cfg.get("config_note") and cfg.get("config_note") != "gunicorn.conf.py as is":
             add(f"> Config: {cfg.get('config_note')}.")
             add("")
@@ -147,8 +166,11 @@ def render(results: Results, out: Path) -> str:
             if len(rates) > 1:
                 rate += f" ({min(rates):.0f}-{max(rates):.0f})"
             p50_s, p99_s = phase.summary()
-            kinds = "; ".join(f"{kind}: {_ms(phase.summary(kind)[0])} / {_ms(phase.summary(kind)[1])}"
-                              for kind in dict.fromkeys(phase.pattern))
+            if phase.per_kind:
+                kinds = "; ".join(f"{kind}: {_ms(phase.summary(kind)[0])} / {_ms(phase.summary(kind)[1])}"
+                                  for kind in dict.fromkeys(phase.pattern))
+            else:
+                kinds = "n/a (wrk gives one distribution per run)"
             errors: dict[str, int] = {}
             for run in phase.runs:
                 for key, count in run.errors.items():
@@ -163,10 +185,38 @@ def render(results: Results, out: Path) -> str:
                 f"{_ms(sum(c or 0.0 for c in server_cpu) / calls)} per call")
             loadgen_cpu = sum(run.loadgen_cpu_s for run in phase.runs)
             loadgen = f"{loadgen_cpu / wall:.2f} cores busy, {_ms(loadgen_cpu / calls)} per call"
-            per_run = phase.runs[0].calls if phase.runs else 0
-            add(f"| {phase.name}: {phase.description} | {len(phase.runs)} x {per_run} "
+            if phase.runs and phase.runs[0].wrk is not None:
+                per_run = (f"{phase.runs[0].wrk.duration_s:.0f} s ({', '.join(f'{r.calls:,}' for r in phase.runs)} "
+                           "calls)")
+            else:
+                per_run = str(phase.runs[0].calls if phase.runs else 0)
+            add(f"| {phase.name}: {phase.description} ({', '.join(phase.generators)}) | {len(phase.runs)} x {per_run} "
                 f"| {rate} | {_ms(p50_s)} | {_ms(p99_s)} | {kinds} | {error_text} | {server} | {loadgen} |")
         add("")
+        wrk_rows = [(phase, index, run) for phase in results.http_phases for index, run in enumerate(phase.runs)
+                    if run.wrk is not None]
+        if wrk_rows:
+            add("wrk's own figures per run (its percentiles are of the coordinated-omission-corrected histogram; "
+                "\"calls with latency\" is how many calls the corrected-then-undone histogram holds; wrk CPU is "
+                "`os.clock()` when the run ended, and in brackets its whole process from rusage, start-up and "
+                "the `done()` histogram walk included):")
+            add("")
+            add("| phase, run | calls | duration | calls/s | wrk p50 | wrk p90 | wrk p99 | wrk max "
+                "| calls with latency | non-2xx | socket errors | wrk CPU |")
+            add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for phase, index, run in wrk_rows:
+                w = run.wrk
+                assert w is not None
+                pct = w.percentiles_s
+                basis = {"raw": "", "corrected": " (corrected: undoing failed)",
+                         "corrected-quantiles": " (corrected quantiles: histogram too wide)"}[w.latency_basis]
+                sockets = ", ".join(f"{k} {v}" for k, v in w.socket_errors.items() if v) or "0"
+                add(f"| {phase.name} {index + 1} | {w.requests:,} | {w.duration_s:.2f} s "
+                    f"| {w.requests / w.duration_s:.0f} | "
+                    + " | ".join(_ms(pct[k]) if k in pct else "n/a" for k in ("p50", "p90", "p99", "max"))
+                    + f" | {len(w.latencies_s):,}{basis} | {w.non2xx} | {sockets} "
+                    f"| {w.cpu_s:.2f} s ({w.cpu_total_s:.2f} s) |")
+            add("")
         for name, status, cards, expected in results.http_checks:
             if status != 200 or cards != expected:
                 add(f"> **Check failed** before the load: `{name}` over HTTP answered {status} with cards "

@@ -4,6 +4,9 @@
     .venv/bin/python bench/run.py --quick    # quick: writes var/bench/RESULTS-quick.md
     .venv/bin/python bench/run.py --tiny --out /tmp/r.md --profiles-dir /tmp/p --profile-all
                                              # the smoke test's mode: every code path, tiny counts
+    .venv/bin/python bench/run.py --quick --only http --loadgen httpx
+                                             # one scenario; the HTTP load from the Python generator
+                                             # (default --loadgen auto: wrk when it is on PATH)
 
 Scenarios (see bench/README.md): in-process fast path / typical / large prefetch, each against a JSON
 round trip of its own body; gunicorn over loopback under 16 concurrent clients; FHIR fallback with
@@ -27,9 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
-from bench import fallback, httpload, inprocess, machine, profiling, report, workloads  # noqa: E402
+from bench import fallback, httpload, inprocess, machine, profiling, report, workloads, wrkload  # noqa: E402
 from bench.stats import least_squares, median, p99  # noqa: E402
 
 
@@ -49,6 +53,9 @@ class Mode:
     http_mix_count: int
     http_ivig_count: int
     http_warmup: int
+    http_wrk_mix_s: int  # with wrk: seconds per mix run (a fixed duration, not a fixed count)
+    http_wrk_ivig_s: int  # with wrk: seconds of the IVIG-only run (0: no such run)
+    http_wrk_warmup_s: int  # with wrk: seconds of the warm-up run before the first mix run
     profile_calls: dict[str, int]
 
 
@@ -57,18 +64,21 @@ MODES: dict[str, Mode] = {
                  scaling={100: 200, 1000: 30, 5000: 10, 20000: 5}, scaling_reference=(1000, 20000),
                  fallback_delay_s=0.1, fallback_repeats=30,
                  http_mix_runs=3, http_mix_count=3000, http_ivig_count=2000, http_warmup=300,
+                 http_wrk_mix_s=15, http_wrk_ivig_s=10, http_wrk_warmup_s=3,
                  profile_calls={"fast-path": 3000, "typical": 300, "large": 20, "http": 600, "fallback": 10,
                                 "scaling": 3}),
     "quick": Mode("quick", fast_repeats=500, typical_repeats=100, large_repeats=8, large_scale=1.0, warmup=5,
                   scaling={100: 20, 1000: 5, 5000: 3, 20000: 2}, scaling_reference=(1000, 20000),
                   fallback_delay_s=0.1, fallback_repeats=6,
                   http_mix_runs=1, http_mix_count=800, http_ivig_count=0, http_warmup=100,
+                  http_wrk_mix_s=5, http_wrk_ivig_s=0, http_wrk_warmup_s=1,
                   profile_calls={"fast-path": 500, "typical": 50, "large": 4, "http": 100, "fallback": 3,
                                  "scaling": 1}),
     "tiny": Mode("tiny", fast_repeats=3, typical_repeats=3, large_repeats=2, large_scale=0.02, warmup=1,
                  scaling={30: 2, 60: 2}, scaling_reference=(30, 60),
                  fallback_delay_s=0.01, fallback_repeats=2,
                  http_mix_runs=1, http_mix_count=16, http_ivig_count=0, http_warmup=0,
+                 http_wrk_mix_s=1, http_wrk_ivig_s=0, http_wrk_warmup_s=1,
                  profile_calls={"fast-path": 2, "typical": 2, "large": 1, "http": 2, "fallback": 1,
                                 "scaling": 1}),
 }
@@ -134,12 +144,33 @@ def log(message: str) -> None:
 # Scenarios
 # --------------------------------------------------------------------------------------------------
 
+SCENARIO_GROUPS = ("in-process", "scaling", "fallback", "http")
+LOADGENS = ("auto", "wrk", "httpx")
+
+
+def choose_loadgen(choice: str) -> tuple[str, str | None, str]:
+    """(generator, wrk executable or None, why) for ``--loadgen auto|wrk|httpx``."""
+    wrk = wrkload.executable()
+    if choice == "httpx":
+        return "httpx", None, "--loadgen httpx"
+    if wrk is not None:
+        return "wrk", wrk, f"--loadgen {choice}, wrk found at {wrk}"
+    if choice == "wrk":
+        raise SystemExit("--loadgen wrk: wrk is not on PATH (Debian: apt-get install wrk)")
+    return "httpx", None, "wrk is not on PATH, so the Python asyncio + httpx generator (--loadgen auto)"
+
+
 class Runner:
-    def __init__(self, mode: Mode, profiles_dir: Path, profile_all: bool) -> None:
+    def __init__(self, mode: Mode, profiles_dir: Path, profile_all: bool, *, loadgen: str = "httpx",
+                 wrk: str | None = None, loadgen_reason: str = "",
+                 groups: tuple[str, ...] = SCENARIO_GROUPS) -> None:
         self.mode = mode
         self.profiles_dir = profiles_dir
         self.profile_all = profile_all
+        self.loadgen, self.wrk, self.loadgen_reason = loadgen, wrk, loadgen_reason
+        self.groups = groups
         self.results = Results(mode, machine.describe(ROOT))
+        self._app: Flask | None = None
 
     def _target(self, scenario: str, goal: str, measured: str, met: bool | None,
                 work: Callable[[], None] | None, note: str = "") -> Target:
@@ -239,32 +270,50 @@ class Runner:
                                               calls=mode.profile_calls.get("fallback", 1))
 
     # -- HTTP --------------------------------------------------------------------------------
+    def _load(self, server: httpload.Server, tmp: Path, phase: httpload.LoadPhase,
+              mix: list[workloads.Workload], *, count: int, duration_s: int, warmup: bool) -> None:
+        """One run of ``phase`` with the chosen load generator (warm-up first when ``warmup``)."""
+        mode = self.mode
+        if self.loadgen == "wrk":
+            assert self.wrk is not None
+            log(f"http: {phase.name} run {len(phase.runs) + 1}, wrk for {duration_s} s"
+                + (f" after a {mode.http_wrk_warmup_s} s warm-up" if warmup and mode.http_wrk_warmup_s else ""))
+            phase.runs.append(httpload.run_load_wrk(server, tmp, mix, phase.pattern, wrk=self.wrk,
+                                                    duration_s=duration_s, name=phase.name,
+                                                    warmup_s=mode.http_wrk_warmup_s if warmup else 0))
+        else:
+            log(f"http: {phase.name} run {len(phase.runs) + 1}, {count} calls (httpx)")
+            phase.runs.append(httpload.run_load(server, tmp, mix, phase.pattern, count=count,
+                                                warmup=mode.http_warmup if warmup else 0))
+
     def http(self, tmp: Path) -> None:
         mode = self.mode
+        self._ensure_app()
+        assert self._app is not None
         fast_wl, typical_wl = self._fast_wl, self._typical_wl
         settings = httpload.production_settings()
         log(f"http: starting gunicorn ({settings.get('workers')} workers x "
-            f"{settings.get('threads')} threads)")
+            f"{settings.get('threads')} threads); load generator: {self.loadgen}")
         with httpload.gunicorn(tmp) as server:
             self.results.http_config = {**settings, "config_file": str(server.config.relative_to(ROOT)),
                                         "config_note": server.config_note,
-                                        "concurrency": httpload.CONCURRENCY}
+                                        "concurrency": httpload.CONCURRENCY, "loadgen": self.loadgen,
+                                        "loadgen_reason": self.loadgen_reason,
+                                        "wrk_version": wrkload.version(self.wrk) if self.wrk else None,
+                                        "wrk_threads": wrkload.THREADS, "wrk_timeout_s": wrkload.TIMEOUT_S}
             for workload in (typical_wl, fast_wl):
                 status, cards = httpload.check_answer(server, workload)
                 self.results.http_checks.append((workload.name, status, cards, workload.expected_cards))
             mix = httpload.LoadPhase("mix", "typical IVIG calls and fast-path calls alternating (50/50)",
                                      [typical_wl.name, fast_wl.name])
             for index in range(mode.http_mix_runs):
-                log(f"http: mix run {index + 1}/{mode.http_mix_runs}, {mode.http_mix_count} calls")
-                mix.runs.append(httpload.run_load(server, tmp, [typical_wl, fast_wl], mix.pattern,
-                                                  count=mode.http_mix_count,
-                                                  warmup=mode.http_warmup if index == 0 else 0))
+                self._load(server, tmp, mix, [typical_wl, fast_wl], count=mode.http_mix_count,
+                           duration_s=mode.http_wrk_mix_s, warmup=index == 0)
             self.results.http_phases.append(mix)
-            if mode.http_ivig_count:
+            if mode.http_wrk_ivig_s if self.loadgen == "wrk" else mode.http_ivig_count:
                 ivig = httpload.LoadPhase("ivig-only", "typical IVIG calls only", [typical_wl.name])
-                log(f"http: IVIG-only run, {mode.http_ivig_count} calls")
-                ivig.runs.append(httpload.run_load(server, tmp, [typical_wl], ivig.pattern,
-                                                   count=mode.http_ivig_count, warmup=0))
+                self._load(server, tmp, ivig, [typical_wl], count=mode.http_ivig_count,
+                           duration_s=mode.http_wrk_ivig_s, warmup=False)
                 self.results.http_phases.append(ivig)
         self.results.mix_process_cpu_s = inprocess.process_cpu_per_call(
             self._app, self._app.test_client(), [typical_wl, fast_wl], min(1000, max(20, mode.http_mix_count // 3)))
@@ -280,10 +329,22 @@ class Runner:
         def work() -> None:
             inprocess.post(client, pair[next(turn) % 2])
 
+        generator = ("wrk" if self.loadgen == "wrk" else "Python asyncio + httpx") + " load generator"
+        corrected = ""
+        wrk_runs = [run.wrk for run in mix.runs if run.wrk is not None]
+        if wrk_runs:
+            corrected = (f"; wrk's own coordinated-omission-corrected p99 "
+                         f"{_ms(median([w.percentiles_s.get('p99', float('nan')) for w in wrk_runs]))}")
         self._target("http", "HTTP, 16 clients: >= 300 calls/s, p99 <= 100 ms, zero errors",
                      f"{rate:.0f} calls/s, p50 {_ms(p50_s)}, p99 {_ms(p99_s)}, {errors} errors "
-                     f"({mix.calls} calls, 50/50 typical/fast path)", met, work,
+                     f"({mix.calls} calls, 50/50 typical/fast path, {generator}{corrected})", met, work,
                      note="in-process profile of the same 50/50 mix (the gunicorn layer is not in it)")
+
+    def _ensure_app(self) -> None:
+        """The in-process app and the two workloads the HTTP scenario needs (``--only http``)."""
+        if self._app is None:
+            self._app = inprocess.make_app()
+            self._fast_wl, self._typical_wl = workloads.fast_path(), workloads.typical()
 
     def _watched(self, name: str, scenario: Callable[[], None]) -> None:
         noise = machine.watch(name)
@@ -296,10 +357,14 @@ class Runner:
     def run(self, tmp: Path) -> Results:
         started = time.perf_counter()
         with inprocess.quiet_logs():
-            self._watched("in process", self.in_process)
-            self._watched("scaling", self.scaling)
-            self._watched("fallback", self.fallback)
-            self._watched("HTTP", functools.partial(self.http, tmp))
+            if "in-process" in self.groups:
+                self._watched("in process", self.in_process)
+            if "scaling" in self.groups:
+                self._watched("scaling", self.scaling)
+            if "fallback" in self.groups:
+                self._watched("fallback", self.fallback)
+            if "http" in self.groups:
+                self._watched("HTTP", functools.partial(self.http, tmp))
         machine.finish(self.results.machine)
         self.results.elapsed_s = time.perf_counter() - started
         return self.results
@@ -317,12 +382,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-all", action="store_true", help="profile every scenario, met or not")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for the CPUs to be >= 90 %% idle over 5 s")
+    parser.add_argument("--loadgen", choices=LOADGENS, default="auto",
+                        help="HTTP load generator: wrk (a fixed duration per run), httpx (bench/loadgen.py, a "
+                             "fixed count of calls), or auto (default): wrk when it is on PATH, else httpx")
+    parser.add_argument("--only", action="append", choices=SCENARIO_GROUPS, metavar="SCENARIO",
+                        help=f"run only these scenarios (repeatable; {', '.join(SCENARIO_GROUPS)}); "
+                             "never writes bench/RESULTS.md unless --out says so")
     args = parser.parse_args(argv)
+    loadgen, wrk, loadgen_reason = choose_loadgen(args.loadgen)
+    groups = tuple(g for g in SCENARIO_GROUPS if g in args.only) if args.only else SCENARIO_GROUPS
     mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
-    if mode.name == "full":
+    if mode.name == "full" and groups == SCENARIO_GROUPS:
         out = args.out or ROOT / "bench" / "RESULTS.md"
         profiles_dir = args.profiles_dir or ROOT / "bench" / "profiles"
-    else:  # never overwrite the published results with a quick or tiny run
+    else:  # never overwrite the published results with a quick, tiny or partial run
         out = args.out or ROOT / "var" / "bench" / f"RESULTS-{mode.name}.md"
         profiles_dir = args.profiles_dir or ROOT / "var" / "bench" / "profiles"
     waited: bool | None = None
@@ -333,8 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     if loads is not None and loads[0] > 0.5 * cores:
         log(f"warning: load average {loads[0]:.1f} on {cores} cores: other work is running, figures will be "
             "slower and noisier than on an idle machine")
-    runner = Runner(mode, profiles_dir, args.profile_all)
+    log(f"HTTP load generator: {loadgen} ({loadgen_reason})")
+    runner = Runner(mode, profiles_dir, args.profile_all, loadgen=loadgen, wrk=wrk, loadgen_reason=loadgen_reason,
+                    groups=groups)
     runner.results.machine.waited_for_idle = waited
+    if groups != SCENARIO_GROUPS:
+        runner.results.notes.append(f"Partial run (`--only`): only {', '.join(groups)} ran.")
     with tempfile.TemporaryDirectory(prefix="ivig-bench-") as tmp:
         results = runner.run(Path(tmp))
     out.parent.mkdir(parents=True, exist_ok=True)
