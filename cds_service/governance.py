@@ -59,7 +59,8 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 #: Template variables a card's summary, body and suggestions may use (CONTRACTS §4).
 CARD_VARIABLES = frozenset({
     "facts_used", "findings", "weight_kg", "weight_date", "order_display", "order_reference",
-    "patient_id", "antibodies", "egfr", "creatinine", "iga", "therapy", "data_notes",
+    "order_references", "patient_id", "antibodies", "egfr", "creatinine", "iga", "therapy", "data_notes",
+    "item",  # the current element of an action's `for_each` list
 })
 
 #: Finding keys the rules can set (CONTRACTS §4, plus the two extra keys of ``ivig-safety`` in
@@ -759,7 +760,8 @@ def synthetic_variables(terminology: Terminology, maximal: bool) -> dict[str, An
                             "reference": f"Observation/{long_id}" if maximal else None}
     if not maximal:
         return {"weight_kg": None, "weight_date": None, "order_display": "", "order_reference": "",
-                "patient_id": "", "antibodies": antibodies, "egfr": None, "creatinine": None, "iga": None,
+                "order_references": [], "item": "", "patient_id": "", "antibodies": antibodies,
+                "egfr": None, "creatinine": None, "iga": None,
                 "therapy": []}
 
     def lab(flag: str) -> dict[str, Any]:
@@ -770,6 +772,7 @@ def synthetic_variables(terminology: Terminology, maximal: bool) -> dict[str, An
         "weight_kg": 188.88, "weight_date": day,
         "order_display": longest_display("medication-ivig", "immune globulin intravenous")[0],
         "order_reference": f"MedicationRequest/{long_id}", "patient_id": long_id,
+        "order_references": [f"MedicationRequest/{long_id}"], "item": f"MedicationRequest/{long_id}",
         "antibodies": antibodies, "egfr": lab("low"), "creatinine": lab("high"), "iga": lab("low"),
         "therapy": longest_display("medication-first-line", "first-line agent", 3),
     }

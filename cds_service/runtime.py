@@ -25,6 +25,9 @@ from .terminology import Terminology
 
 log = logging.getLogger("cds_service.runtime")
 
+# Prefetch keys whose data decides whether the patient is in the clinical scope at all.
+SCOPE_KEYS = ("conditions", "myositisAntibodies")
+
 
 @dataclass
 class CallResult:
@@ -99,6 +102,14 @@ class Runtime:
         # Keys that failed, and keys cut short while paging: both get a data note, never silence.
         unavailable = frozenset(gathered.failed_keys) | frozenset(gathered.incomplete_keys)
         evaluation = clinical_rules.decide(facts, orders, self.terminology, unavailable)
+        undecided = [k for k in SCOPE_KEYS if k in unavailable]
+        if undecided and not evaluation.decisions:
+            # No card on the data we have, but what decides the cards (conditions, antibodies) could
+            # not be read: "no cards" would be silent wrong advice, so nothing can be decided.
+            failed = PreconditionFailed(f"cannot decide: {', '.join(undecided)} unavailable", undecided)
+            audit.outcome, audit.status_code = "412", 412
+            audit.latency_ms = (time.perf_counter() - started) * 1000
+            return CallResult(failed.body(), 412, audit)
         variables = dict(evaluation.variables, patient_id=request.patient_id)
         base = base_url() if callable(base_url) else base_url
         cards: list[dict[str, Any]] = []

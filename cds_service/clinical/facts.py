@@ -78,8 +78,9 @@ _NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|abse
                              r"|no\s+(?:\w+\s+){0,2}detected|not\s+(?:reactive|positive|present)"
                              r"|no\s+(?:\w+\s+){0,2}(?:found|seen))\b|^\s*-\s*$")
 _POSITIVE_WORDS = re.compile(r"\b(pos|positive|detected|reactive|present)\b|\+")
-_RANGE_TEXT = re.compile(r"^\s*(?:<|<=|≤|less than)\s*([0-9]+(?:\.[0-9]+)?)|"
-                         r"^\s*[0-9]+(?:\.[0-9]+)?\s*(?:-|–|to)\s*([0-9]+(?:\.[0-9]+)?)")
+# The upper limit of normal in a range's text: "<20", "Negative: <20 U", "≤ 29", "0-19", "0 to 19".
+_RANGE_TEXT = re.compile(r"(?:<=?|≤|less than|up to)\s*([0-9]+(?:\.[0-9]+)?)|"
+                         r"(?<![0-9.])[0-9]+(?:\.[0-9]+)?\s*(?:-|–|to)\s*([0-9]+(?:\.[0-9]+)?)")
 
 
 def grade_text(text: str) -> str | None:
@@ -165,7 +166,7 @@ def _reference_range(obs: Mapping[str, Any]) -> tuple[float | None, float | None
         low_v = _number(low.get("value")) if isinstance(low, Mapping) else None
         high_v = _number(high.get("value")) if isinstance(high, Mapping) else None
         if high_v is None and isinstance(rng.get("text"), str):
-            match = _RANGE_TEXT.match(rng["text"])
+            match = _RANGE_TEXT.search(rng["text"])
             if match:
                 high_v = _number(match.group(1) or match.group(2))
         if low_v is not None or high_v is not None:
@@ -194,7 +195,7 @@ class Graded:
     value_text: str
 
 
-def grade_result(obs: Mapping[str, Any]) -> Graded:
+def grade_result(obs: Mapping[str, Any], answers: Mapping[tuple[str, str], str] | None = None) -> Graded:
     """Grade an antibody result from whichever encoding the lab used."""
     interp, interp_strong = _interpretation_grade(obs)
     if "valueQuantity" in obs:
@@ -227,7 +228,7 @@ def grade_result(obs: Mapping[str, Any]) -> Graded:
         concept = obs["valueCodeableConcept"]
         value_grade: str | None = None
         for system, code, _ in codings(concept):
-            value_grade = value_grade or _ANSWER_CODES.get((canonical_system(system), code.strip()))
+            value_grade = value_grade or (answers or _ANSWER_CODES).get((canonical_system(system), code.strip()))
         texts = list(concept_texts(concept))
         text_grades = [g for g in (grade_text(t) for t in texts) if g]
         if value_grade is None and text_grades:
@@ -277,6 +278,12 @@ class LabValue:
     low: float | None
     high: float | None
     comparator: str = ""
+    ucum: str = ""  # valueQuantity.code (UCUM) when given: the unit to compute with
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The machine code first, then the display text: either may name the unit."""
+        return tuple(u.strip().lower() for u in (self.ucum, self.unit) if u and u.strip())
 
     @property
     def text(self) -> str:
@@ -417,6 +424,7 @@ class _Catalogue:
     methylprednisolone: ValueSet
     intravenous: ValueSet
     plasma_exchange: ValueSet
+    answers: dict[tuple[str, str], str]
 
 
 _CATALOGUES: dict[int, _Catalogue] = {}
@@ -434,9 +442,20 @@ def _catalogue(terminology: Terminology) -> _Catalogue:
             methylprednisolone=terminology["medication-methylprednisolone"],
             intravenous=terminology["route-intravenous"],
             plasma_exchange=terminology["procedure-plasma-exchange"],
+            answers=_answer_codes(terminology),
         )
         _CATALOGUES[id(terminology)] = found
     return found
+
+
+def _answer_codes(terminology: Terminology) -> dict[tuple[str, str], str]:
+    """Qualitative answer codes -> grade, from the answer-* value sets (the note's codes otherwise)."""
+    answers = dict(_ANSWER_CODES)
+    for vs_id, grade in (("answer-positive", "positive"), ("answer-negative", "negative")):
+        if vs_id in terminology:
+            for system, code in terminology[vs_id].codes:
+                answers[(system, code)] = grade
+    return answers
 
 
 def _iso(d: date | None) -> str | None:
@@ -498,7 +517,7 @@ class _Extractor:
                 self._pft(name, component, when, ref)
 
     def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
-        graded = grade_result(obs)
+        graded = grade_result(obs, self.cat.answers)
         self.facts.antibody_results_seen += 1
         if name == OTHER_ANTIBODIES:
             # One entry per analyte (its first code, else its text), so a newer negative for one
@@ -520,6 +539,7 @@ class _Extractor:
         if value is None:
             raise Unreadable("unreadable-value")
         unit = str(qty.get("unit") or qty.get("code") or "")
+        ucum = str(qty["code"]) if isinstance(qty.get("code"), str) else ""
         comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
         low, high = _reference_range(obs)
         flag: str | None = None
@@ -534,7 +554,7 @@ class _Extractor:
             flag = "high"
         if flag is None and low is not None and (value < low or (value == low and comparator in ("<", "<="))):
             flag = "low"
-        return LabValue(value, unit, when, ref, flag, low, high, str(comparator or ""))
+        return LabValue(value, unit, when, ref, flag, low, high, str(comparator or ""), ucum)
 
     def _lab(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
         lab = self._quantity(obs, when, ref)
@@ -552,8 +572,9 @@ class _Extractor:
         lab = self._quantity(obs, when, ref)
         if lab is None:
             return
-        unit = lab.unit.strip().lower()
-        if unit and not unit.startswith("%") and unit not in ("percent", "pct", "{percent}"):
+        percent = [u for u in lab.units if u.startswith("%") or u in ("percent", "pct", "{percent}")
+                   or u.startswith("percent ")]
+        if lab.units and not percent:
             return  # a volume (L) or a predicted value, not a % predicted
         if name == "fvc_pct" and when is not None:
             self.fvc_series.append((when, lab.value, ref))
@@ -653,10 +674,15 @@ class _Extractor:
         return facts
 
 
+_KILOGRAMS_PER = {"kg": 1.0, "kgs": 1.0, "kilogram": 1.0, "kilograms": 1.0, "g": 0.001, "gram": 0.001,
+                  "grams": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237,
+                  "lbs.": 0.45359237, "lb.": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237,
+                  "[oz_av]": 0.028349523125, "oz": 0.028349523125}
+
+
 def _as_kilograms(lab: LabValue) -> LabValue | None:
-    unit = lab.unit.strip().lower()
-    factor = {"kg": 1.0, "kilogram": 1.0, "kilograms": 1.0, "g": 0.001, "[lb_av]": 0.45359237,
-              "lb": 0.45359237, "lbs": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237}.get(unit)
+    # The UCUM code decides when present; the display text is the fallback.
+    factor = next((_KILOGRAMS_PER[u] for u in lab.units if u in _KILOGRAMS_PER), None)
     if factor is None or lab.value <= 0:
         return None
     kilograms = lab.value * factor

@@ -28,6 +28,14 @@ def reference_of(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
+def draft_reference(resource: Mapping[str, Any]) -> str:
+    """``Type/id`` of a draft order, or "" when it has no usable id (a suggestion cannot name it)."""
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if isinstance(rtype, str) and isinstance(rid, str) and rid.strip() and "/" not in rid and " " not in rid:
+        return f"{rtype}/{rid}"
+    return ""
+
+
 def medication_concepts(resource: Mapping[str, Any],
                         medications: Mapping[str, Mapping[str, Any]]) -> Iterator[Any]:
     """Every CodeableConcept naming the medication of a request (or statement).
@@ -132,7 +140,7 @@ def ivig_orders(hook: str, draft_orders: list[dict[str, Any]], selections: list[
         try:
             if is_ivig(resource, terminology, medications):
                 concepts = [c for c in medication_concepts(resource, medications) if c is not None]
-                found.append(DraftOrder(reference_of(resource), _display(concepts), resource))
+                found.append(DraftOrder(draft_reference(resource), _display(concepts), resource))
         except (TypeError, AttributeError, ValueError):
             continue  # unreadable order: not IVIG
     return found

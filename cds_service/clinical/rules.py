@@ -141,9 +141,6 @@ def ivig_safety(facts: PatientFacts, t: Terminology, failed_keys: frozenset[str]
         used += [_lab_fact(t, vs, lab) for vs, lab in (("lab-egfr", egfr), ("lab-creatinine", creatinine)) if lab]
     if "safetyLabs" in failed_keys:
         findings.add("renal-unknown")
-    if facts.has("kidney_disease"):
-        findings.add("kidney-disease")
-        used += _condition_facts(facts, "kidney_disease")
     if facts.has("vte_history"):
         findings.add("vte-history")
         used += _condition_facts(facts, "vte_history")
@@ -162,6 +159,11 @@ def ivig_safety(facts: PatientFacts, t: Terminology, failed_keys: frozenset[str]
         used += facts.plasma_exchange[:2]
     if not findings:
         return None
+    # A CKD/AKI diagnosis is not a trigger of its own (the table: renal labs decide),
+    # but when the card shows, it is part of the renal picture.
+    if facts.has("kidney_disease"):
+        findings.add("kidney-disease")
+        used += _condition_facts(facts, "kidney_disease")
     return Decision("ivig-safety", used, findings)
 
 
@@ -234,7 +236,8 @@ def template_variables(facts: PatientFacts, orders: list[DraftOrder], t: Termino
         "weight_kg": weight.value if weight else None,
         "weight_date": weight.date.isoformat() if weight and weight.date else None,
         "order_display": first.display if first else "",
-        "order_reference": first.reference if first else "",
+        "order_reference": next((o.reference for o in orders if o.reference), ""),
+        "order_references": [o.reference for o in orders if o.reference],
         "antibodies": antibodies,
         "egfr": lab("egfr"),
         "creatinine": lab("creatinine"),

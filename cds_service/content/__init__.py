@@ -318,6 +318,23 @@ class Catalog:
             return value.isoformat()
         return value
 
+    def _expand_actions(self, actions: list[Any], context: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Render actions; ``for_each: <list variable>`` repeats an action once per item, with the
+        item bound to ``item`` (e.g. one delete per IVIG draft order)."""
+        rendered: list[dict[str, Any]] = []
+        for action in actions:
+            if not isinstance(action, dict):
+                continue
+            body = {k: v for k, v in action.items() if k != "for_each"}
+            loop = action.get("for_each")
+            if loop:
+                items = context.get(str(loop)) or []
+                for value in items if isinstance(items, list) else []:
+                    rendered.append(self._render_structure(copy.deepcopy(body), {**context, "item": value}))
+            else:
+                rendered.append(self._render_structure(copy.deepcopy(body), context))
+        return rendered
+
     def indicator(self, card: CardContent, findings: set[str]) -> str:
         indicator = str(card.meta.get("indicator", "info"))
         for finding, override in (card.meta.get("indicator_rules") or {}).items():
@@ -361,12 +378,13 @@ class Catalog:
         }
         suggestions = []
         for suggestion in card.meta.get("suggestions", []) or []:
-            rendered_s = self._render_structure(copy.deepcopy(suggestion), context)
+            rendered_s = self._render_structure(
+                {k: v for k, v in suggestion.items() if k != "actions"}, context)
             item: dict[str, Any] = {"label": rendered_s.get("label"), "uuid": new_uuid()}
             if rendered_s.get("is_recommended"):
                 item["isRecommended"] = True
             actions = []
-            for action in rendered_s.get("actions", []) or []:
+            for action in self._expand_actions(suggestion.get("actions", []) or [], context):
                 out: dict[str, Any] = {"type": action.get("type"), "description": action.get("description")}
                 if action.get("resource_id"):
                     out["resourceId"] = action["resource_id"]
