@@ -181,6 +181,7 @@ class Catalog:
     text_env: SandboxedEnvironment = field(default_factory=make_text_environment)
     _shared_templates: dict[str, Template] = field(default_factory=dict)
     _structure_templates: dict[str, Template] = field(default_factory=dict)
+    _static: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def _compile_shared(self) -> None:
         for key in ("fact_line", "review_line", "approved_review_line", "attribution_line",
@@ -358,7 +359,10 @@ class Catalog:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
         detail = self._link_citations(card.body_template.render(**context).strip())
         detail = re.sub(r"\n{3,}", "\n\n", detail)
-        detail += "\n\n" + self._status_lines(card, policy)
+        status_lines = self._static.get(("status", card.id))
+        if status_lines is None:  # the same for every call: rendered once per loaded catalogue
+            status_lines = self._static[("status", card.id)] = self._status_lines(card, policy)
+        detail += "\n\n" + status_lines
         label = str(self.shared.get("source_label", "ivig-cds"))
         approved = card.status == "approved" and self.servable(card.id, "approved-only", date.max) in (
             None, "review-overdue")
@@ -404,7 +408,10 @@ class Catalog:
                    for r in card.meta.get("override_reasons", []) or [] if isinstance(r, dict)]
         if reasons:
             rendered["overrideReasons"] = reasons
-        links = self.links(card)
+        links = self._static.get(("links", card.id))
+        if links is None:
+            links = self._static[("links", card.id)] = self.links(card)
+        links = copy.deepcopy(links)
         if links:
             rendered["links"] = links
         rendered["extension"] = {EXTENSION_KEY: {"cardId": card.id, "version": card.version,
