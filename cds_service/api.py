@@ -13,7 +13,7 @@ from .errors import CdsError, NotFound, Unauthorized
 from .logs import mark_sensitive
 from .protocol import check_content_type, parse_feedback, parse_json, parse_request
 from .runtime import Runtime
-from .store import AuditRecord, patient_hmac
+from .store import AuditRecord
 
 log = logging.getLogger("cds_service.api")
 
@@ -124,7 +124,3 @@ def readyz() -> Response:
     if problems:
         body["reasons"] = problems
     return _json(body, 200 if not problems else 503)
-
-
-def audit_patient(patient_id: str | None) -> str | None:
-    return patient_hmac(runtime().audit_key, patient_id)

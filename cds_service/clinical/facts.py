@@ -312,7 +312,6 @@ class PatientFacts:
     labs: dict[str, LabValue] = field(default_factory=dict)
     pft: dict[str, LabValue] = field(default_factory=dict)
     notes: list[DataNote] = field(default_factory=list)
-    antibody_results_seen: int = 0
 
     # -- derived ------------------------------------------------------------------------
     def has(self, condition: str) -> bool:
@@ -518,7 +517,6 @@ class _Extractor:
 
     def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
         graded = grade_result(obs, self.cat.answers)
-        self.facts.antibody_results_seen += 1
         if name == OTHER_ANTIBODIES:
             # One entry per analyte (its first code, else its text), so a newer negative for one
             # antibody does not hide a positive for another.

@@ -211,6 +211,11 @@ class Catalog:
             digest.update(b"\x00")
         return digest.hexdigest()
 
+    def approval_current(self, card: CardContent) -> bool:
+        """Approved, and the approval was given to exactly the text served now."""
+        approval = card.approval or {}
+        return card.status == "approved" and approval.get("content_hash") == self.hashes[card.id]
+
     def servable(self, card_id: str, policy: str, today: date) -> str | None:
         """None when the card may be served under ``policy``, else the reason it is withheld."""
         card = self.cards.get(card_id)
@@ -364,9 +369,7 @@ class Catalog:
             status_lines = self._static[("status", card.id)] = self._status_lines(card, policy)
         detail += "\n\n" + status_lines
         label = str(self.shared.get("source_label", "ivig-cds"))
-        approved = card.status == "approved" and self.servable(card.id, "approved-only", date.max) in (
-            None, "review-overdue")
-        if not approved:
+        if not self.approval_current(card):
             label = f"{label} — {self.shared.get('pending_label', '')}".rstrip(" —")
         rendered: dict[str, Any] = {
             "uuid": new_uuid(),
@@ -437,7 +440,7 @@ class Catalog:
     def _status_lines(self, card: CardContent, policy: str) -> str:
         meta = card.meta
         lines = []
-        if card.status != "approved" or self.servable(card.id, "approved-only", date.max) is not None:
+        if not self.approval_current(card):
             pending = self.shared.get("pending_line")
             if pending:
                 lines.append(f"**{md_escape(pending)}**")
