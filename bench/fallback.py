@@ -20,8 +20,8 @@ from pathlib import Path
 import requests
 from flask.testing import FlaskClient
 
-from cds_service.fixtures import record_resources, render_template, shift_fixture
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import record_resources, render_template, shift_fixture
+from cds_service.engine.services import default_services
 
 from . import profiling, workloads
 from .inprocess import make_app, post
@@ -109,7 +109,7 @@ def run(*, delay_s: float, repeats: int, warmup: int) -> FallbackResult:
                         timeout=10).raise_for_status()
         server.reset()
         server.delay = delay_s
-        with _capture("cds_service.fhir") as gather_log:
+        with _capture("cds_service.engine.fhir") as gather_log:
             for index in range(repeats):
                 started = time.perf_counter()
                 response = client.post(workload.path, data=workload.body, content_type="application/json")

@@ -23,7 +23,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.app import create_app
+from cds_service.http.app import create_app
 from cds_service.logs import configure_logging
 
 from .stats import median

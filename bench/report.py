@@ -336,7 +336,7 @@ def render(results: Results, out: Path) -> str:
     # -- notes -----------------------------------------------------------------------------------
     add("## Notes")
     add("")
-    add("- Requests are built from the project's fixtures with `cds_service.fixtures.build_request`; padded "
+    add("- Requests are built from the project's fixtures with `cds_service.devtools.fixtures.build_request`; padded "
         "patients add routine labs, unrelated problems and non-immunosuppressant medications "
         "(`bench/workloads.py`), and every scenario checks that the cards returned are the fixture's "
         "expected cards.")

@@ -1,7 +1,7 @@
 """The requests the benchmark sends, built from the project's fixtures.
 
 Every workload starts from a fixture in ``fixtures/`` and is turned into a CDS Hooks request with
-``cds_service.fixtures.build_request`` (the same builder the tests and the demo use).  Larger
+``cds_service.devtools.fixtures.build_request`` (the same builder the tests and the demo use).  Larger
 patients are the fixture ``pl7-ro52-rpild`` padded with filler that looks like a real chart but
 that no rule reads:
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from cds_service.fixtures import build_request, load_fixture, record_resources, search, shift_dates
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import build_request, load_fixture, record_resources, search, shift_dates
+from cds_service.engine.services import default_services
 
 JsonDict = dict[str, Any]
 

@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 __all__ = ["create_app", "__version__"]
 
 if TYPE_CHECKING:
-    from .app import create_app as create_app
+    from cds_service.http.app import create_app as create_app
 
 
 def __getattr__(name: str) -> Any:
     # Lazy so that `import cds_service.clinical` stays free of Flask.
     if name == "create_app":
-        from .app import create_app
+        from cds_service.http.app import create_app
 
         return create_app
     raise AttributeError(name)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .settings import DEV_OVERRIDES, SettingsError, load_settings
+from cds_service.settings import DEV_OVERRIDES, SettingsError, load_settings
 
 log = logging.getLogger("cds_service.cli")
 
@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     base = f"http://{shown_host}:{port}"
     if args.dev:
-        from . import create_app
+        from cds_service import create_app
 
         app = create_app(overrides)
         print(f"ivig-cds (development profile: no client auth, all content, CORS *)\n"
@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     from gunicorn.app.wsgiapp import WSGIApplication
 
-    from .settings import PROJECT_ROOT
+    from cds_service.settings import PROJECT_ROOT
 
     sys.argv = ["gunicorn", "--config", str(PROJECT_ROOT / "gunicorn.conf.py"), "--bind", f"{host}:{port}",
                 "cds_service.wsgi:app"]
@@ -61,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(func=_serve)
 
-    from . import governance
+    from cds_service import authoring as governance
 
     governance.add_commands(sub)
     try:
-        from . import fire
+        from cds_service.devtools import fire
     except ImportError:  # pragma: no cover - optional during development
         pass
     else:

@@ -1,5 +1,5 @@
 """WSGI entry point for gunicorn: settings come from CDS_* environment variables."""
 
-from . import create_app
+from cds_service import create_app
 
 app = create_app()

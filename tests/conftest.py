@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
-from cds_service.services import default_services  # noqa: E402
+from cds_service.engine.services import default_services  # noqa: E402
 
 # Environment variables that are test switches, not service settings: never cleared.
 _TEST_SWITCHES = ("CDS_TEST_DATABASE_URL",)

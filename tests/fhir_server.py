@@ -1,5 +1,5 @@
 """A real threaded FHIR test server on a loopback port, answering reads and searches over a list
-of resources with ``cds_service.fixtures.search``.
+of resources with ``cds_service.devtools.fixtures.search``.
 
 Behaviours are switched per test on the running server (attributes, or ``override`` per path):
 
@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from cds_service.fixtures import search
+from cds_service.devtools.fixtures import search
 
 FHIR_JSON = "application/fhir+json"
 

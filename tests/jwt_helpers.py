@@ -1,6 +1,6 @@
 """Test helpers for client JWTs: a loopback JWKS server and a raw (unsigned) token builder.
 
-Signing real tokens is ``cds_service.client_tokens``; this module only adds what tests need
+Signing real tokens is ``cds_service.devtools.keys``; this module only adds what tests need
 on top: somewhere to publish keys, and tokens no honest client would make.
 """
 

@@ -239,7 +239,7 @@ def interp(code: str) -> list[dict[str, Any]]:
 
 
 # ==================================================================================================
-# A FHIR search over a record (independent of cds_service.fixtures.search)
+# A FHIR search over a record (independent of cds_service.devtools.fixtures.search)
 # ==================================================================================================
 
 def _codings_of(value: Any) -> Iterator[dict[str, Any]]:

@@ -19,10 +19,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.client_tokens import mint_token, new_key_pair
-from cds_service.fixtures import build_request, load_fixture
+from cds_service.devtools.fixtures import build_request, load_fixture
+from cds_service.devtools.keys import mint_token, new_key_pair
+from cds_service.engine.runtime import Runtime
 from cds_service.protocol.schema import first_error
-from cds_service.runtime import Runtime
 from cds_service.settings import SettingsError
 
 EXAMPLES = Path(__file__).parent / "spec_examples"
@@ -181,7 +181,7 @@ def test_non_ivig_order_opens_no_connection(make_app: Callable[..., Flask], hook
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
 def test_non_ivig_order_never_looks_at_prefetch(client: FlaskClient, hook: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import cds_service.runtime as runtime_module
+    import cds_service.engine.runtime as runtime_module
 
     def must_not_run(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("prefetch was read for a non-IVIG order")

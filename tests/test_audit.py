@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_service.fixtures import build_request, load_fixture
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import build_request, load_fixture
+from cds_service.engine.services import default_services
 
 AUDIT_KEY = "test-audit-key"
 

@@ -23,7 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.clinical.orders import ivig_orders
-from cds_service.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
 from cds_service.protocol.schema import first_error
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology, normalise_text

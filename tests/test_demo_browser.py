@@ -21,9 +21,9 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from cds_service.app import create_app
-from cds_service.client_tokens import new_key_pair
-from cds_service.fixtures import load_fixture
+from cds_service.devtools.fixtures import load_fixture
+from cds_service.devtools.keys import new_key_pair
+from cds_service.http.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",

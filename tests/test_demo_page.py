@@ -15,9 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 
-from cds_service.fixtures import list_fixtures, load_fixture
+from cds_service.devtools.fixtures import list_fixtures, load_fixture
+from cds_service.engine.services import default_services
 from cds_service.protocol.schema import first_error
-from cds_service.services import default_services
 
 XSS = "<img src=x onerror=alert(1)>"
 DEMO = {"DEMO": True, "CONTENT_POLICY": "all", "CORS_ORIGINS": "*"}

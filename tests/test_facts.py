@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cds_service.clinical.facts import PatientFacts, extract
-from cds_service.fixtures import load_fixture, record_resources
+from cds_service.devtools.fixtures import load_fixture, record_resources
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
 

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.store import Store
+from cds_service.engine.store import Store
 
 EXAMPLES = Path(__file__).parent / "spec_examples"
 FEEDBACK = "/cds-services/ivig-order-select/feedback"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from fhir_server import FhirTestServer, operation_outcome
 
+from cds_service.devtools.fixtures import search
+from cds_service.engine.fhir import FhirClient, FhirError, Gathered, allowed, gather, render_template
+from cds_service.engine.services import ServiceDefinition
 from cds_service.errors import PreconditionFailed
-from cds_service.fhir import FhirClient, FhirError, Gathered, allowed, gather, render_template
-from cds_service.fixtures import search
 from cds_service.protocol import HookRequest
-from cds_service.services import ServiceDefinition
 from cds_service.settings import Settings, load_settings
 
 PATIENT_ID = "pt-7731"

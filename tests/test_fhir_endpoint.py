@@ -1,6 +1,6 @@
 """End to end: the hook endpoints with full, no and half prefetch against a loopback FHIR server.
 
-Skipped until ``cds_service.app.create_app`` exists (the owner wires ``gather`` into the endpoint).
+Skipped until ``cds_service.http.app.create_app`` exists (the owner wires ``gather`` into the endpoint).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from fhir_server import FhirTestServer
 
-from cds_service.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
-from cds_service.services import REQUIRED_KEYS, default_services
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.engine.services import REQUIRED_KEYS, default_services
 
-app_module = pytest.importorskip("cds_service.app")
+app_module = pytest.importorskip("cds_service.http.app")
 if not hasattr(app_module, "create_app"):
-    pytest.skip("cds_service.app.create_app is not there yet", allow_module_level=True)
+    pytest.skip("cds_service.http.app.create_app is not there yet", allow_module_level=True)
 create_app = app_module.create_app
 
 TOKEN = "fhir-access-token-7c2d51"  # noqa: S105 - a test value that must never leak

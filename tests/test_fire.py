@@ -26,9 +26,9 @@ from fhir_server import FhirTestServer
 from flask import Flask
 from werkzeug.serving import make_server
 
-from cds_service import fire
-from cds_service.app import create_app
-from cds_service.fixtures import list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.devtools import fire
+from cds_service.devtools.fixtures import list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.http.app import create_app
 
 ISS = "https://ehr.fire-test.example.org"
 THREE_FIXTURES = ("pl7-ro52-rpild", "safety-iga-low-critical", "mda5-dm-ild")

@@ -1,4 +1,4 @@
-"""cds_service.fixtures: in-memory FHIR search, date shifting, request building, and the fixture files."""
+"""cds_service.devtools.fixtures: in-memory FHIR search, date shifting, request building, and the fixture files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.fixtures import (
+from cds_service.devtools.fixtures import (
     FIXTURE_KEYS,
     build_request,
     list_fixtures,
@@ -33,7 +33,7 @@ HOOKS = ("order-select", "order-sign")
 LOINC = "http://loinc.org"
 
 try:
-    from cds_service.services import SERVICES
+    from cds_service.engine.services import SERVICES
 
     TEMPLATES: dict[str, dict[str, str]] = {svc.hook: dict(svc.prefetch) for svc in SERVICES.values()}
 except ImportError:

@@ -37,10 +37,10 @@ from hypothesis import strategies as st
 from jwt_helpers import b64url, raw_token
 from werkzeug.test import TestResponse
 
-from cds_service.client_tokens import mint_token, new_key_pair
-from cds_service.fixtures import build_request, list_fixtures, load_fixture, record_resources
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture, record_resources
+from cds_service.devtools.keys import mint_token, new_key_pair
+from cds_service.engine.services import default_services
 from cds_service.protocol.schema import first_error
-from cds_service.services import default_services
 
 HOOKS = ("order-select", "order-sign")
 SERVICE_FOR_HOOK = {s.hook: s.id for s in default_services().values()}

@@ -15,10 +15,7 @@ import pytest
 from flask import Flask
 from markupsafe import escape
 
-from cds_service.cli import main
-from cds_service.content import Catalog
-from cds_service.fixtures import build_request, load_fixture
-from cds_service.governance import (
+from cds_service.authoring import (
     ERROR,
     INFO,
     WARNING,
@@ -32,7 +29,10 @@ from cds_service.governance import (
     report_rows,
     with_approval,
 )
-from cds_service.store import AuditRecord, Store
+from cds_service.cli import main
+from cds_service.devtools.fixtures import build_request, load_fixture
+from cds_service.engine.content import Catalog
+from cds_service.engine.store import AuditRecord, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"
@@ -89,7 +89,7 @@ def set_key(path: Path, key: str, value: str) -> None:
 
 
 def front_matter(path: Path) -> dict[str, Any]:
-    from cds_service.content import split_front_matter
+    from cds_service.engine.content import split_front_matter
 
     meta, _ = split_front_matter(path.read_text(encoding="utf-8"), path.name)
     return meta
@@ -413,7 +413,7 @@ def test_with_approval_inserts_status_and_handles_crlf() -> None:
     out = with_approval(text, 'Dr "Quote"', date(2026, 1, 2), "a" * 64)
     assert "\r\nstatus: approved\r\n" in out and out.endswith("Body\r\n")
     assert 'reviewer: "Dr \\"Quote\\""' in out
-    from cds_service.content import split_front_matter
+    from cds_service.engine.content import split_front_matter
 
     meta, body = split_front_matter(out)
     assert meta["status"] == "approved" and meta["approval"]["reviewer"] == 'Dr "Quote"'

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.client_tokens import mint_token, new_key_pair
+from cds_service.devtools.keys import mint_token, new_key_pair
 from cds_service.protocol.schema import first_error
 
 REPO = Path(__file__).resolve().parent.parent

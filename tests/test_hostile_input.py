@@ -20,8 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from cds_service.fixtures import build_request, list_fixtures, load_fixture
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.engine.services import default_services
 
 SERVICE_FOR_HOOK = {s.hook: s.id for s in default_services().values()}
 SELECT = f"/cds-services/{SERVICE_FOR_HOOK['order-select']}"
@@ -514,7 +514,7 @@ def test_html_pages_get_frame_deny_wherever_they_come_from(make_app: Callable[..
 
 
 def test_401_answers_carry_the_headers(make_app: Callable[..., Flask]) -> None:
-    from cds_service.client_tokens import new_key_pair
+    from cds_service.devtools.keys import new_key_pair
 
     _, jwk = new_key_pair("ES384", "hostile-test")
     app = make_app(AUTH="jwt", TRUSTED_ISSUERS=json.dumps({"https://ehr.example.org": {"jwks": {"keys": [jwk]}}}))

@@ -19,9 +19,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from cds_service import openapi
-from cds_service.client_tokens import new_key_pair
-from cds_service.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.devtools.keys import new_key_pair
+from cds_service.http import openapi
 from cds_service.protocol.schema import SCHEMA_NAMES, first_error, load_schema
 
 SPEC_EXAMPLES = Path(__file__).resolve().parent / "spec_examples"

@@ -27,17 +27,18 @@ import pytest
 from fhir_server import FhirTestServer
 from flask import Flask
 
-from cds_service.client_tokens import mint_token, new_key_pair
-from cds_service.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.devtools.keys import mint_token, new_key_pair
+from cds_service.engine.services import default_services
 
 HOOKS = ("order-select", "order-sign")
 SERVICE_FOR_HOOK = {s.hook: s.id for s in default_services().values()}
 ACCESS_TOKEN = "fhir-at-5b0f9c3e-77d2-4d0a-9d5e-secret"  # noqa: S105 - a test secret that must not leak
 ISSUER = "https://ehr.phi-test.example.org"
 KID = "phi-es384"
-LOGGERS = ("", "cds_service", "cds_service.api", "cds_service.app", "cds_service.fhir", "cds_service.security",
-           "cds_service.runtime", "cds_service.store", "urllib3", "urllib3.connectionpool", "werkzeug",
+LOGGERS = ("", "cds_service", "cds_service.http.api", "cds_service.http.app", "cds_service.engine.fhir",
+           "cds_service.http.auth",
+           "cds_service.engine.runtime", "cds_service.engine.store", "urllib3", "urllib3.connectionpool", "werkzeug",
            "requests", "sqlalchemy", "flask.app")
 
 
@@ -166,7 +167,7 @@ def test_every_fixture_with_prefetch_and_from_the_fhir_server(
     assert served.requests, "the no-prefetch calls never reached the FHIR server"
     assert {r.authorization for r in served.requests} == {f"Bearer {ACCESS_TOKEN}"}
     app.extensions["cds_runtime"].store.flush()
-    _assert_no_leak(captured, secrets, expect=("hook call", "urllib3", "cds_service.fhir"))
+    _assert_no_leak(captured, secrets, expect=("hook call", "urllib3", "cds_service.engine.fhir"))
 
 
 def test_fhir_server_failures_and_paging_are_logged_without_phi(

@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from markupsafe import escape
 
-from cds_service.content import Catalog
-from cds_service.governance import approve, render_review_html, review_packet
+from cds_service.authoring import approve, render_review_html, review_packet
+from cds_service.engine.content import Catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"

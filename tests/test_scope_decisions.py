@@ -8,8 +8,8 @@ from typing import Any
 from fhir_server import FhirTestServer
 from flask import Flask
 
-from cds_service.fixtures import build_request, load_fixture, record_resources, shift_fixture
-from cds_service.services import default_services
+from cds_service.devtools.fixtures import build_request, load_fixture, record_resources, shift_fixture
+from cds_service.engine.services import default_services
 
 SIGN = "/cds-services/ivig-order-sign"
 

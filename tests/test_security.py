@@ -25,9 +25,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from jwt_helpers import JwksServer, b64url, raw_token
 
-from cds_service.client_tokens import mint_token, new_key_pair
+from cds_service.devtools.keys import mint_token, new_key_pair
 from cds_service.errors import Unauthorized
-from cds_service.security import (
+from cds_service.http.auth import (
     ANONYMOUS_CLIENT,
     Client,
     ClientVerifier,
@@ -560,7 +560,7 @@ def test_redis_url_setting_selects_the_redis_cache(keys: dict[str, Key], clock: 
 def test_unreachable_redis_fails_closed(keys: dict[str, Key], make_verifier: VerifierFactory,
                                         clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     verifier = make_verifier({ISS: {"jwks": {"keys": [keys["es"].jwk]}}}, REDIS_URL="redis://127.0.0.1:1/0")
-    with caplog.at_level(logging.INFO, logger="cds_service.security"):
+    with caplog.at_level(logging.INFO, logger="cds_service.http.auth"):
         assert refused(verifier, bearer(token(keys["es"], clock))) == "replay cache unavailable"
     assert any(r.levelno == logging.WARNING and "replay cache unavailable" in r.getMessage()
                for r in caplog.records)
@@ -591,7 +591,7 @@ def test_refusals_are_logged_with_reason_issuer_and_kid_but_never_the_token(
             with pytest.raises(Unauthorized):
                 verifier.verify(malformed, AUD)
 
-    refusals = [r for r in caplog.records if r.name == "cds_service.security" and r.levelno == logging.INFO
+    refusals = [r for r in caplog.records if r.name == "cds_service.http.auth" and r.levelno == logging.INFO
                 and r.getMessage().startswith("client JWT refused")]
     assert len(refusals) == len(tokens) - 1 + 3
     assert "client JWT refused: jti replayed (iss='https://ehr.example.org', kid='es-1')" in caplog.text

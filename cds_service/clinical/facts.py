@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from ..terminology import (
+from cds_service.clinical.model import DataNote, Fact
+from cds_service.clinical.orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
+from cds_service.terminology import (
     Terminology,
     ValueSet,
     alternation,
@@ -25,8 +27,6 @@ from ..terminology import (
     concept_texts,
     normalise_text,
 )
-from .model import DataNote, Fact
-from .orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
 
 ANTIBODIES = {"jo1": "antibody-jo1", "pl7": "antibody-pl7", "pl12": "antibody-pl12",
               "ej": "antibody-ej", "oj": "antibody-oj", "ro52": "antibody-ro52", "mda5": "antibody-mda5"}

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..terminology import Terminology, as_list, codings, concept_matches, concept_texts
+from cds_service.terminology import Terminology, as_list, codings, concept_matches, concept_texts
 
 REQUEST_TYPES = ("MedicationRequest", "MedicationOrder")
 _NOT_ORDERS = ("entered-in-error", "cancelled", "revoked")

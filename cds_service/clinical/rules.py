@@ -9,10 +9,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from ..terminology import Terminology
-from .facts import ANTIBODIES, SYNTHETASE_ANTIBODIES, PatientFacts
-from .model import DataNote, Decision, Evaluation, Fact
-from .orders import DraftOrder
+from cds_service.clinical.facts import ANTIBODIES, SYNTHETASE_ANTIBODIES, PatientFacts
+from cds_service.clinical.model import DataNote, Decision, Evaluation, Fact
+from cds_service.clinical.orders import DraftOrder
+from cds_service.terminology import Terminology
 
 RENAL_ABNORMAL_WINDOW = timedelta(days=90)
 RENAL_RECENT_WINDOW = timedelta(days=30)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import BadRequest, UnsupportedMediaType
-from .schema import first_error
+from cds_service.errors import BadRequest, UnsupportedMediaType
+from cds_service.protocol.schema import first_error
 
 _JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]*\+)?json$")
 

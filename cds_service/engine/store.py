@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-log = logging.getLogger("cds_service.store")
+log = logging.getLogger("cds_service.engine.store")
 
 metadata = MetaData()
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from . import __version__
-from .protocol.schema import load_schema
-from .runtime import Runtime
+from cds_service import __version__
+from cds_service.engine.runtime import Runtime
+from cds_service.protocol.schema import load_schema
 
 bp = Blueprint("openapi", __name__)
 

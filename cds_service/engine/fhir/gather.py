@@ -49,14 +49,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .. import protocol
-from ..errors import PreconditionFailed
-from ..protocol import HookRequest
-from ..services import ServiceDefinition
-from ..settings import Settings
-from .client import FhirClient, FhirError, allowed, origin
+from cds_service import protocol
+from cds_service.engine.fhir.client import FhirClient, FhirError, allowed, origin
+from cds_service.engine.services import ServiceDefinition
+from cds_service.errors import PreconditionFailed
+from cds_service.protocol import HookRequest
+from cds_service.settings import Settings
 
-logger = logging.getLogger("cds_service.fhir")
+logger = logging.getLogger("cds_service.engine.fhir")
 
 PREFETCH = "prefetch"
 FETCHED = "fetched"

@@ -29,10 +29,10 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .client_tokens import mint_token, new_key_pair
-from .fixtures import build_request, list_fixtures, load_fixture
-from .protocol.schema import first_error
-from .settings import DEFAULT_FIXTURES_DIR, SettingsError, load_settings
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.devtools.keys import mint_token, new_key_pair
+from cds_service.protocol.schema import first_error
+from cds_service.settings import DEFAULT_FIXTURES_DIR, SettingsError, load_settings
 
 HOOKS = ("order-select", "order-sign")
 ALGORITHMS = ("ES384", "RS384")

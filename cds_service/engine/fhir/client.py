@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from cds_service.settings import Settings
 
 DEFAULT_POOL_SIZE = 32
 DEFAULT_MAX_RESPONSE_BYTES = 20 * 1024 * 1024

@@ -45,7 +45,7 @@ from redis.retry import Retry
 from cds_service.errors import Unauthorized
 from cds_service.settings import Settings, SettingsError
 
-logger = logging.getLogger("cds_service.security")
+logger = logging.getLogger("cds_service.http.auth")
 
 # A compact JWS: three base64url segments (the signature may be empty: "alg": "none",
 # which step 2 refuses with a clearer reason than "malformed").

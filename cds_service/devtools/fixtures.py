@@ -445,7 +445,7 @@ def _draft_references(draft_orders: Any) -> list[str]:
 
 def _service_templates(hook: str) -> dict[str, str]:
     # Imported here: services.py builds its templates from the value sets, which fixtures need not load.
-    from cds_service.services import SERVICES
+    from cds_service.engine.services import SERVICES
 
     for service in SERVICES.values():
         if service.hook == hook:

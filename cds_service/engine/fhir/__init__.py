@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client import FhirClient, FhirError, allowed
-from .gather import Gathered, KeyOutcome, gather, render_template
+from cds_service.engine.fhir.client import FhirClient, FhirError, allowed
+from cds_service.engine.fhir.gather import Gathered, KeyOutcome, gather, render_template
 
 __all__ = ["FhirClient", "FhirError", "Gathered", "KeyOutcome", "allowed", "gather", "render_template"]

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template
 
-from ..errors import NotFound
-from ..governance import review_packet
-from ..runtime import Runtime
-from .markdown import render_markdown
+from cds_service.authoring import review_packet
+from cds_service.engine.runtime import Runtime
+from cds_service.errors import NotFound
+from cds_service.http.web.markdown import render_markdown
 
 bp = Blueprint("review", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")

@@ -27,14 +27,14 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
-from ..clinical import facts as clinical_facts
-from ..clinical import orders as clinical_orders
-from ..errors import BadRequest, NotFound
-from ..fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
-from ..protocol import parse_json
-from ..runtime import Runtime
-from ..services import ServiceDefinition
-from .markdown import render_markdown
+from cds_service.clinical import facts as clinical_facts
+from cds_service.clinical import orders as clinical_orders
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.engine.runtime import Runtime
+from cds_service.engine.services import ServiceDefinition
+from cds_service.errors import BadRequest, NotFound
+from cds_service.http.web.markdown import render_markdown
+from cds_service.protocol import parse_json
 
 bp = Blueprint("demo", __name__, url_prefix="/demo", template_folder="templates",
                static_folder="static", static_url_path="/static")

@@ -12,13 +12,13 @@ from flask import Flask, Response, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from .errors import CdsError
-from .ids import new_request_id
-from .logs import clear_sensitive, configure_logging, mark_sensitive
-from .runtime import Runtime
-from .settings import Settings, load_settings
+from cds_service.engine.runtime import Runtime
+from cds_service.errors import CdsError
+from cds_service.ids import new_request_id
+from cds_service.logs import clear_sensitive, configure_logging, mark_sensitive
+from cds_service.settings import Settings, load_settings
 
-log = logging.getLogger("cds_service.app")
+log = logging.getLogger("cds_service.http.app")
 
 _HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
@@ -40,7 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         log.warning("*** CLIENT AUTHENTICATION IS OFF (AUTH=off): any caller can use this service. "
                     "Development and tests only. ***")
     else:
-        from .security import ClientVerifier
+        from cds_service.http.auth import ClientVerifier
 
         app.extensions["cds_verifier"] = ClientVerifier(settings) if settings.TRUSTED_ISSUERS else None
         if not settings.TRUSTED_ISSUERS:
@@ -51,13 +51,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         CORS(app, origins=origins, allow_headers=["Authorization", "Content-Type"],
              methods=["GET", "POST", "OPTIONS"], max_age=600, expose_headers=["X-Request-Id"])
 
-    from .api import bp as api_bp
+    from cds_service.http.api import bp as api_bp
 
     app.register_blueprint(api_bp)
-    from .openapi import bp as openapi_bp
+    from cds_service.http.openapi import bp as openapi_bp
 
     app.register_blueprint(openapi_bp)
-    from .web import register_web
+    from cds_service.http.web import register_web
 
     register_web(app, settings)
     _register_errors(app)

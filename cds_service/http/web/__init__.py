@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ..settings import Settings
+from cds_service.settings import Settings
 
 
 def register_web(app: Flask, settings: Settings) -> None:
     """Register the review pages always, the demo only when enabled."""
-    from . import review
+    from cds_service.http.web import review
 
     app.register_blueprint(review.bp)
     if settings.DEMO:
-        from . import demo
+        from cds_service.http.web import demo
 
         app.register_blueprint(demo.bp)

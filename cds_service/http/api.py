@@ -9,13 +9,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import CdsError, NotFound, Unauthorized
-from .logs import mark_sensitive
-from .protocol import check_content_type, parse_feedback, parse_json, parse_request
-from .runtime import Runtime
-from .store import AuditRecord
+from cds_service.engine.runtime import Runtime
+from cds_service.engine.store import AuditRecord
+from cds_service.errors import CdsError, NotFound, Unauthorized
+from cds_service.logs import mark_sensitive
+from cds_service.protocol import check_content_type, parse_feedback, parse_json, parse_request
 
-log = logging.getLogger("cds_service.api")
+log = logging.getLogger("cds_service.http.api")
 
 bp = Blueprint("cds", __name__)
 

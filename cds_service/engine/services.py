@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from .terminology import Terminology
+from cds_service.terminology import Terminology
 
 ANTIBODY_SETS = ("antibody-jo1", "antibody-pl7", "antibody-pl12", "antibody-ej", "antibody-oj",
                  "antibody-ro52", "antibody-mda5", "antibody-other-myositis")
@@ -110,7 +110,7 @@ def build_services(terminology: Terminology) -> dict[str, ServiceDefinition]:
 @functools.cache
 def default_services() -> dict[str, ServiceDefinition]:
     """The services as built from the shipped value sets (fixtures, CLI, benchmarks)."""
-    from .settings import DEFAULT_CARDS_DIR
+    from cds_service.settings import DEFAULT_CARDS_DIR
 
     return build_services(Terminology.load(DEFAULT_CARDS_DIR / "valuesets"))
 

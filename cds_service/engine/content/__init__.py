@@ -21,9 +21,9 @@ from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from ..clinical.model import DataNote, Decision, Fact
-from ..ids import new_uuid
-from ..terminology import Terminology
+from cds_service.clinical.model import DataNote, Decision, Fact
+from cds_service.ids import new_uuid
+from cds_service.terminology import Terminology
 
 # An action.resourceId as response.json requires it: a relative reference Type/id.
 _RESOURCE_ID = re.compile(r"^[A-Z][A-Za-z]+/[^/\s]+$")

@@ -33,8 +33,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, TemplateSyntaxError, meta, nodes, select_autoescape
 from markupsafe import Markup
 
-from .clinical.model import DataNote, Decision, Fact
-from .content import (
+from cds_service.clinical.model import DataNote, Decision, Fact
+from cds_service.engine.content import (
     CITATION,
     INDICATORS,
     SEVERITY,
@@ -48,7 +48,7 @@ from .content import (
     parse_date,
     split_front_matter,
 )
-from .terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology, compile_value_set
+from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology, compile_value_set
 
 # --------------------------------------------------------------------------------------------------
 # Vocabulary of the checks
@@ -98,8 +98,8 @@ WITHHELD_WORDS = {
     "no-content": "there is no card file",
 }
 HOOKS = ("order-select", "order-sign")
-TEMPLATES_DIR = Path(__file__).resolve().parent / "web" / "templates"
-STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "http" / "web" / "templates"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "http" / "web" / "static"
 
 
 @dataclass(frozen=True)
@@ -739,7 +739,7 @@ def _check_catalog(catalog: Catalog, today: date) -> list[Problem]:
 
 def synthetic_variables(terminology: Terminology, maximal: bool) -> dict[str, Any]:
     """A template context with the longest plausible values (``maximal``) or every optional value empty."""
-    from .clinical.facts import ANTIBODIES
+    from cds_service.clinical.facts import ANTIBODIES
 
     long_id = "x" * 64  # FHIR ids are at most 64 characters
     day = "2026-11-22"
@@ -909,8 +909,8 @@ def _fhir_problem(resource: Mapping[str, Any]) -> str | None:
 # -- the real pipeline over every fixture -----------------------------------------------------------
 
 def _pipeline_runtime(cards_dir: Path, fixtures_dir: Path, catalog: Catalog | None = None) -> Any:
-    from .runtime import Runtime
-    from .settings import load_settings
+    from cds_service.engine.runtime import Runtime
+    from cds_service.settings import load_settings
 
     settings = load_settings({"AUTH": "off", "CONTENT_POLICY": "all", "DATABASE_URL": "sqlite://",
                               "CARDS_DIR": str(cards_dir), "FIXTURES_DIR": str(fixtures_dir),
@@ -922,8 +922,8 @@ def _pipeline_runtime(cards_dir: Path, fixtures_dir: Path, catalog: Catalog | No
 
 
 def _call_fixture(runtime: Any, fixture: Mapping[str, Any], hook: str, today: date | None = None) -> Any:
-    from .fixtures import build_request
-    from .protocol import Limits, parse_request
+    from cds_service.devtools.fixtures import build_request
+    from cds_service.protocol import Limits, parse_request
 
     service = next(s for s in runtime.services.values() if s.hook == hook)
     payload = build_request(fixture, hook, templates=service.prefetch, today=today)
@@ -933,7 +933,7 @@ def _call_fixture(runtime: Any, fixture: Mapping[str, Any], hook: str, today: da
 
 def _check_pipeline(catalog: Catalog, runtime: Any, fixtures_dir: Path) -> list[Problem]:
     """Every fixture through the real pipeline (CONTENT_POLICY=all), both hooks; check what it renders."""
-    from .fixtures import list_fixtures, load_fixture
+    from cds_service.devtools.fixtures import list_fixtures, load_fixture
 
     problems: list[Problem] = []
     rendered: list[Problem] = []
@@ -1096,7 +1096,7 @@ def approve(cards_dir: str | Path, card_id: str, reviewer: str, today: date | No
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", card_id) or not path.is_file():
         raise GovernanceError(f"no card {card_id!r} in {cards_dir}")
     if fixtures_dir is None:
-        from .settings import load_settings
+        from cds_service.settings import load_settings
 
         fixtures_dir = load_settings().FIXTURES_DIR
     blocking = [p for p in check(cards_dir, fixtures_dir, today)
@@ -1197,7 +1197,7 @@ def _valueset_entry(terminology: Terminology, vs_id: str) -> dict[str, Any]:
 
 
 def _representatives(fixtures_dir: Path, card_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    from .fixtures import list_fixtures, load_fixture
+    from cds_service.devtools.fixtures import list_fixtures, load_fixture
 
     wanted = set(card_ids)
     found: dict[str, tuple[str, str]] = {}
@@ -1216,7 +1216,7 @@ def _representatives(fixtures_dir: Path, card_ids: Iterable[str]) -> dict[str, t
 
 
 def _examples(catalog: Catalog, fixtures_dir: Path, today: date) -> dict[str, dict[str, Any]]:
-    from .fixtures import load_fixture
+    from cds_service.devtools.fixtures import load_fixture
 
     chosen = _representatives(fixtures_dir, catalog.cards)
     examples: dict[str, dict[str, Any]] = {}
@@ -1331,7 +1331,7 @@ def _build_packet(catalog: Catalog, fixtures_dir: Path, today: date) -> dict[str
 
 def render_review_html(packet: Mapping[str, Any]) -> str:
     """The review packet as one self-contained HTML page (inline CSS, no scripts, no external assets)."""
-    from .web.markdown import render_markdown
+    from cds_service.http.web.markdown import render_markdown
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)), autoescape=select_autoescape(["html"]))
     css = (STATIC_DIR / "review.css").read_text(encoding="utf-8")
@@ -1367,7 +1367,7 @@ REPORT_COLUMNS = ("card_id", "version", "shown", "accepted", "overridden", "over
 
 
 def report_rows(database_url: str, since: date) -> list[dict[str, Any]]:
-    from .store import Store
+    from cds_service.engine.store import Store
 
     store = Store(database_url)
     try:
@@ -1401,8 +1401,8 @@ def fixture_requests(fixtures_dir: str | Path, cards_dir: str | Path | None = No
     Deterministic: the hookInstance is derived from the name and hook, and dates are not shifted (each
     request is built as of the fixture's own ``today``).
     """
-    from .fixtures import build_request, list_fixtures, load_fixture
-    from .services import build_services, default_services
+    from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
+    from cds_service.engine.services import build_services, default_services
 
     services = (build_services(Terminology.load(Path(cards_dir) / "valuesets")) if cards_dir is not None
                 else default_services())
@@ -1442,7 +1442,7 @@ def build_fixture_requests(fixtures_dir: str | Path, out_dir: str | Path | None 
 # --------------------------------------------------------------------------------------------------
 
 def _defaults() -> tuple[str, str, str]:
-    from .settings import load_settings
+    from cds_service.settings import load_settings
 
     settings = load_settings()
     return settings.CARDS_DIR, settings.FIXTURES_DIR, settings.DATABASE_URL

@@ -11,19 +11,19 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from .clinical import facts as clinical_facts
-from .clinical import orders as clinical_orders
-from .clinical import rules as clinical_rules
-from .content import Catalog, Withheld
-from .errors import PreconditionFailed
-from .fhir import FhirClient, Gathered, gather
-from .protocol import HookRequest, Limits
-from .services import ServiceDefinition, build_services
-from .settings import Settings
-from .store import AuditRecord, Store, patient_hmac
-from .terminology import Terminology
+from cds_service.clinical import facts as clinical_facts
+from cds_service.clinical import orders as clinical_orders
+from cds_service.clinical import rules as clinical_rules
+from cds_service.engine.content import Catalog, Withheld
+from cds_service.engine.fhir import FhirClient, Gathered, gather
+from cds_service.engine.services import ServiceDefinition, build_services
+from cds_service.engine.store import AuditRecord, Store, patient_hmac
+from cds_service.errors import PreconditionFailed
+from cds_service.protocol import HookRequest, Limits
+from cds_service.settings import Settings
+from cds_service.terminology import Terminology
 
-log = logging.getLogger("cds_service.runtime")
+log = logging.getLogger("cds_service.engine.runtime")
 
 # Prefetch keys whose data decides whether the patient is in the clinical scope at all.
 SCOPE_KEYS = ("conditions", "myositisAntibodies")

@@ -1,0 +1,1 @@
+"""Integrators' and developers' tools: fixture FHIR search and request builder, `fire`, `keys`."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: Flask app factory, CDS Hooks API, OpenAPI, client authentication, web pages."""
