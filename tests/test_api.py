@@ -21,7 +21,6 @@ from flask.testing import FlaskClient
 
 from cds_service.devtools.fixtures import build_request, load_fixture
 from cds_service.devtools.keys import mint_token, new_key_pair
-from cds_service.engine.runtime import Runtime
 from cds_service.protocol.schema import first_error
 from cds_service.settings import SettingsError
 
@@ -181,13 +180,14 @@ def test_non_ivig_order_opens_no_connection(make_app: Callable[..., Flask], hook
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
 def test_non_ivig_order_never_looks_at_prefetch(client: FlaskClient, hook: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import cds_service.engine.runtime as runtime_module
+    import cds_service.engine.pipeline as pipeline_module
+    from cds_service.clinical.facts import FactReader
 
     def must_not_run(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("prefetch was read for a non-IVIG order")
 
-    monkeypatch.setattr(runtime_module, "gather", must_not_run)
-    monkeypatch.setattr(runtime_module.clinical_facts, "extract", must_not_run)
+    monkeypatch.setattr(pipeline_module, "gather", must_not_run)
+    monkeypatch.setattr(FactReader, "extract", must_not_run)
     request = amoxicillin_request(hook)
     request["prefetch"] = {
         "conditions": {"resourceType": "Bundle", "entry": "not a list"},
@@ -346,7 +346,9 @@ def test_unexpected_exception_is_a_generic_500_naming_a_request_id(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("internal secret detail /srv/app/module.py line 42")
 
-    monkeypatch.setattr(Runtime, "call", explode)
+    import cds_service.engine.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "run", explode)
     response = client.post(SELECT, json=eager_request("order-select"))
     body = assert_error(response, 500)
     text = response.get_data(as_text=True)

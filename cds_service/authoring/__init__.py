@@ -20,20 +20,31 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, TemplateSyntaxError, meta, nodes, select_autoescape
+from jinja2 import Environment, FileSystemLoader, TemplateSyntaxError, UndefinedError, meta, nodes, select_autoescape
 from markupsafe import Markup
 
+from cds_service.clinical.contract import (
+    FINDINGS,
+    FINDINGS_NAME,
+    TEMPLATE_NAMES,
+    Antibody,
+    AntibodyView,
+    CardId,
+    LabView,
+    TemplateVariables,
+)
+from cds_service.clinical.dates import parse_date
 from cds_service.clinical.model import DataNote, Decision, Fact
+from cds_service.engine import pipeline
 from cds_service.engine.content import (
     CITATION,
     INDICATORS,
@@ -43,9 +54,10 @@ from cds_service.engine.content import (
     CardContent,
     Catalog,
     ContentError,
+    Renderer,
+    RenderError,
     make_environment,
     normalise_body,
-    parse_date,
     split_front_matter,
 )
 from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology, compile_value_set
@@ -56,21 +68,9 @@ from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology, c
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
-#: Template variables a card's summary, body and suggestions may use (CONTRACTS §4).
-CARD_VARIABLES = frozenset({
-    "facts_used", "findings", "weight_kg", "weight_date", "order_display", "order_reference",
-    "order_references", "patient_id", "antibodies", "egfr", "creatinine", "iga", "therapy", "data_notes",
-    "item",  # the current element of an action's `for_each` list
-})
-
-#: Finding keys the rules can set (CONTRACTS §4, plus the two extra keys of ``ivig-safety`` in
-#: clinical/rules.py).  A card testing ``'x' in findings`` for any other key is flagged.
-KNOWN_FINDINGS = frozenset({
-    "egfr-low", "creatinine-high", "renal-not-recent", "renal-unknown", "kidney-disease", "vte-history",
-    "iga-deficiency", "heart-failure", "plasma-exchange",
-    "rp-ild", "fvc-decline", "pulse-methylprednisolone", "dysphagia", "myositis", "first-line-on-record",
-    "first-line-co-ordered",
-})
+CARD_VARIABLES = TEMPLATE_NAMES
+KNOWN_FINDINGS = FINDINGS
+CARD_IDS = frozenset(CardId)
 
 REQUIRED_TEXT = ("id", "version", "status", "title", "indicator", "trigger", "summary", "owner",
                  "developer", "funding_source")
@@ -131,52 +131,6 @@ class _CardFile:
     meta: dict[str, Any]
     body: str
     loadable: bool
-
-
-@dataclass
-class _Rendered:
-    card_id: str
-    card: dict[str, Any] | None
-    full_summary: str | None
-    error: BaseException | None
-
-
-@dataclass
-class _RecordingCatalog(Catalog):
-    """The catalog, recording every card the pipeline renders (with its summary before truncation)."""
-
-    recorded: list[_Rendered] = field(default_factory=list)
-
-    @classmethod
-    def wrap(cls, catalog: Catalog) -> _RecordingCatalog:
-        values = {f.name: getattr(catalog, f.name) for f in dataclasses.fields(Catalog)}
-        return cls(**values)
-
-    def render(self, decision: Decision, variables: Mapping[str, Any], notes: list[DataNote],
-               base_url: str, policy: str) -> dict[str, Any]:
-        try:
-            card = super().render(decision, variables, notes, base_url, policy)
-            summary = full_summary(self, decision, variables, notes)
-        except Exception as exc:
-            self.recorded.append(_Rendered(decision.card_id, None, None, exc))
-            raise
-        self.recorded.append(_Rendered(decision.card_id, card, summary, None))
-        return card
-
-
-def full_summary(catalog: Catalog, decision: Decision, variables: Mapping[str, Any],
-                 notes: list[DataNote]) -> str:
-    """The summary as ``Catalog.render`` builds it, before it is cut to 140 characters."""
-    card = catalog.cards[decision.card_id]
-    context = dict(variables)
-    # Same construction as Catalog.render: the fact lines are rendered (and escaped) by the engine.
-    facts_md = Markup("\n".join(catalog.render_fact(f) for f in decision.facts_used))  # noqa: S704
-    context.update(facts_used=facts_md,
-                   findings=frozenset(decision.findings), data_notes=catalog.render_notes(card.id, notes))
-    template = card.summary_template
-    if template is None:
-        return ""
-    return " ".join(template.render(**context).replace("\\", "").split())
 
 
 def check(cards_dir: str | Path, fixtures_dir: str | Path, today: date | None = None) -> list[Problem]:
@@ -264,14 +218,14 @@ def _check_shared(shared: Mapping[str, Any]) -> list[Problem]:
     system = shared.get("override_reason_system")
     if isinstance(system, str) and not system.startswith(("http://", "https://", "urn:")):
         problems.append(Problem("_shared.yaml", "shared", "`override_reason_system` must be a URI"))
-    notes = shared.get("data_notes", {}) or {}
+    notes = shared.get("unavailable_data", {}) or {}
     if not isinstance(notes, dict):
-        problems.append(Problem("_shared.yaml", "shared", "`data_notes` must be a mapping"))
+        problems.append(Problem("_shared.yaml", "shared", "`unavailable_data` must be a mapping"))
     else:
         for key, entry in notes.items():
             if not isinstance(entry, dict) or not isinstance(entry.get("text"), str) \
                     or not isinstance(entry.get("affects", []) or [], list):
-                problems.append(Problem("_shared.yaml", "shared", f"data_notes.{key} needs `text` (string) "
+                problems.append(Problem("_shared.yaml", "shared", f"unavailable_data.{key} needs `text` (string) "
                                         "and `affects` (list of card ids)"))
     env = make_environment()
     for key, value in shared.items():
@@ -464,7 +418,7 @@ def _finding_literals(ast: nodes.Template) -> set[str]:
     for compare in ast.find_all(nodes.Compare):
         for operand in compare.ops:
             if operand.op in ("in", "notin") and isinstance(operand.expr, nodes.Name) \
-                    and operand.expr.name == "findings" and isinstance(compare.expr, nodes.Const) \
+                    and operand.expr.name == FINDINGS_NAME and isinstance(compare.expr, nodes.Const) \
                     and isinstance(compare.expr.value, str):
                 found.add(compare.expr.value)
     return found
@@ -737,10 +691,8 @@ def _check_catalog(catalog: Catalog, today: date) -> list[Problem]:
 
 # -- renderings ----------------------------------------------------------------------------------
 
-def synthetic_variables(terminology: Terminology, maximal: bool) -> dict[str, Any]:
-    """A template context with the longest plausible values (``maximal``) or every optional value empty."""
-    from cds_service.clinical.facts import ANTIBODIES
-
+def synthetic_variables(terminology: Terminology, maximal: bool) -> TemplateVariables:
+    """Template variables with the longest plausible values (``maximal``) or every optional value empty."""
     long_id = "x" * 64  # FHIR ids are at most 64 characters
     day = "2026-11-22"
 
@@ -753,29 +705,27 @@ def synthetic_variables(terminology: Terminology, maximal: bool) -> dict[str, An
         return (names + [fallback] * count)[:count]
 
     antibodies = {}
-    for name, vs_id in ANTIBODIES.items():
-        label = terminology[vs_id].title if vs_id in terminology else name
-        antibodies[name] = {"label": label, "status": "strong-positive" if maximal else "unknown",
-                            "date": day if maximal else None,
-                            "reference": f"Observation/{long_id}" if maximal else None}
+    for antibody in Antibody:
+        vs_id = antibody.value_set
+        label = terminology[vs_id].title if vs_id in terminology else antibody.value
+        antibodies[antibody.value] = AntibodyView(label=label, status="strong-positive" if maximal else "unknown",
+                                                  date=day if maximal else None,
+                                                  reference=f"Observation/{long_id}" if maximal else None)
     if not maximal:
-        return {"weight_kg": None, "weight_date": None, "order_display": "", "order_reference": "",
-                "order_references": [], "item": "", "patient_id": "", "antibodies": antibodies,
-                "egfr": None, "creatinine": None, "iga": None,
-                "therapy": []}
+        return TemplateVariables(antibodies=antibodies)
 
-    def lab(flag: str) -> dict[str, Any]:
-        return {"value": 1234.56, "unit": "mL/min/{1.73_m2}", "text": "1234.56 mL/min/{1.73_m2}", "date": day,
-                "flag": flag, "reference": f"Observation/{long_id}"}
+    def lab(flag: str) -> LabView:
+        return LabView(value=1234.56, unit="mL/min/{1.73_m2}", text="1234.56 mL/min/{1.73_m2}", date=day,
+                       flag=flag, reference=f"Observation/{long_id}")
 
-    return {
-        "weight_kg": 188.88, "weight_date": day,
-        "order_display": longest_display("medication-ivig", "immune globulin intravenous")[0],
-        "order_reference": f"MedicationRequest/{long_id}", "patient_id": long_id,
-        "order_references": [f"MedicationRequest/{long_id}"], "item": f"MedicationRequest/{long_id}",
-        "antibodies": antibodies, "egfr": lab("low"), "creatinine": lab("high"), "iga": lab("low"),
-        "therapy": longest_display("medication-first-line", "first-line agent", 3),
-    }
+    return TemplateVariables(
+        weight_kg=188.88, weight_date=day,
+        order_display=longest_display("medication-ivig", "immune globulin intravenous")[0],
+        order_reference=f"MedicationRequest/{long_id}",
+        order_references=[f"MedicationRequest/{long_id}"],
+        antibodies=antibodies, egfr=lab("low"), creatinine=lab("high"), iga=lab("low"),
+        therapy=longest_display("medication-first-line", "first-line agent", 3),
+    )
 
 
 def _synthetic_facts(terminology: Terminology) -> list[Fact]:
@@ -789,7 +739,7 @@ def _synthetic_facts(terminology: Terminology) -> list[Fact]:
 
 
 def _synthetic_notes(catalog: Catalog) -> list[DataNote]:
-    notes = [DataNote("failed-key", str(key)) for key in (catalog.shared.get("data_notes") or {})]
+    notes = [DataNote("failed-key", str(key)) for key in (catalog.shared.get("unavailable_data") or {})]
     notes += [DataNote("skipped-resource", str(key), "Observation/bad-1")
               for key in (catalog.shared.get("skipped_reasons") or {})]
     return notes
@@ -815,16 +765,17 @@ def _check_synthetic_renderings(catalog: Catalog) -> list[Problem]:
     notes = _synthetic_notes(catalog)
     for card_id, card in catalog.cards.items():
         tested = _content_findings(card)
-        variants: list[tuple[str, dict[str, Any], set[str], list[Fact], list[DataNote]]] = [
-            ("all findings, longest values", maximal, set(KNOWN_FINDINGS | tested), facts, notes),
+        variants: list[tuple[str, TemplateVariables, set[str], list[Fact], list[DataNote]]] = [
+            ("all findings, longest values", maximal, set(FINDINGS | tested), facts, notes),
             ("no findings, no optional values", empty, set(), [], []),
             ("no findings, longest values", maximal, set(), facts, notes),
         ]
         variants += [(f"finding {f!r} only, longest values", maximal, {f}, facts, notes)
                      for f in sorted(tested)]
         for label, variables, findings, used, data_notes in variants:
-            decision = Decision(card_id, list(used), set(findings))
-            problems += _check_one_rendering(catalog, card, decision, dict(variables), data_notes,
+            decision = Decision(CardId(card_id) if card_id in CARD_IDS else card_id,  # type: ignore[arg-type]
+                                list(used), set(findings))  # type: ignore[arg-type]
+            problems += _check_one_rendering(catalog, card, decision, variables, data_notes,
                                              f"synthetic context ({label})")
     return _collapse(problems)
 
@@ -847,18 +798,16 @@ def _collapse(problems: list[Problem]) -> list[Problem]:
 
 
 def _check_one_rendering(catalog: Catalog, card: CardContent, decision: Decision,
-                         variables: dict[str, Any], notes: list[DataNote], where: str) -> list[Problem]:
-    from jinja2 import UndefinedError
-
+                         variables: TemplateVariables, notes: list[DataNote], where: str) -> list[Problem]:
     try:
-        rendered = catalog.render(decision, variables, notes, "https://cds.example.org", "all")
-        summary = full_summary(catalog, decision, variables, notes)
-    except UndefinedError as exc:
-        return [Problem(card.path.name, "placeholder", f"{where}: {exc.message}", ERROR, card.id)]
-    except Exception as exc:
-        return [Problem(card.path.name, "template", f"{where}: rendering fails: {type(exc).__name__}: "
-                        f"{_short_error(exc)}", ERROR, card.id)]
-    return _check_rendered(card, rendered, summary, where)
+        rendered = Renderer(catalog).render(decision, variables, notes, "https://cds.example.org", "all",
+                                            patient_id="x" * 64)
+    except RenderError as exc:
+        if isinstance(exc.cause, UndefinedError):
+            return [Problem(card.path.name, "placeholder", f"{where}: {exc.cause.message}", ERROR, card.id)]
+        return [Problem(card.path.name, "template", f"{where}: rendering fails: {type(exc.cause).__name__}: "
+                        f"{_short_error(exc.cause)}", ERROR, card.id)]
+    return _check_rendered(card, rendered.to_json(), rendered.full_summary, where)
 
 
 def _check_rendered(card: CardContent, rendered: Mapping[str, Any], summary: str | None,
@@ -928,7 +877,7 @@ def _call_fixture(runtime: Any, fixture: Mapping[str, Any], hook: str, today: da
     service = next(s for s in runtime.services.values() if s.hook == hook)
     payload = build_request(fixture, hook, templates=service.prefetch, today=today)
     request = parse_request(payload, hook, Limits())
-    return runtime.call(service, request, "", None, time.perf_counter())
+    return pipeline.run(runtime, service, request)
 
 
 def _check_pipeline(catalog: Catalog, runtime: Any, fixtures_dir: Path) -> list[Problem]:
@@ -940,8 +889,6 @@ def _check_pipeline(catalog: Catalog, runtime: Any, fixtures_dir: Path) -> list[
     names = list_fixtures(fixtures_dir)
     if not names:
         return [Problem(fixtures_dir.name, "fixture", f"no fixtures in {fixtures_dir}", WARNING)]
-    recording = _RecordingCatalog.wrap(catalog)
-    runtime = dataclasses.replace(runtime, catalog=recording)
     for name in names:
         where_fx = f"{fixtures_dir.name}/{name}.json"
         try:
@@ -957,28 +904,26 @@ def _check_pipeline(catalog: Catalog, runtime: Any, fixtures_dir: Path) -> list[
                     problems.append(Problem(where_fx, "missing-card",
                                             f"{hook} expects card {card_id!r}, but there is no "
                                             f"{card_id}.md", ERROR, card_id))
-            recording.recorded.clear()
             try:
                 result = _call_fixture(runtime, fixture, hook)
+            except RenderError as exc:
+                card = catalog.cards[exc.card_id]
+                problems.append(Problem(card.path.name, "template",
+                                        f"fixture {name} ({hook}): rendering fails: "
+                                        f"{type(exc.cause).__name__}: {_short_error(exc.cause)}", ERROR, card.id))
+                continue
             except Exception as exc:
-                failed = next((r for r in recording.recorded if r.error is not None), None)
-                if failed is not None:
-                    card = catalog.cards[failed.card_id]
-                    problems.append(Problem(card.path.name, "template",
-                                            f"fixture {name} ({hook}): rendering fails: "
-                                            f"{type(exc).__name__}: {_short_error(exc)}", ERROR, card.id))
-                else:
-                    problems.append(Problem(where_fx, "pipeline", f"{hook}: the call fails: "
-                                            f"{type(exc).__name__}: {_short_error(exc)}"))
+                problems.append(Problem(where_fx, "pipeline", f"{hook}: the call fails: "
+                                        f"{type(exc).__name__}: {_short_error(exc)}"))
                 continue
             for withheld in result.withheld:
                 if withheld.reason == "no-content":
                     problems.append(Problem(where_fx, "missing-card",
                                             f"{hook}: the rules chose card {withheld.card_id!r}, "
                                             "which has no content file", ERROR, withheld.card_id))
-            for item in recording.recorded:
-                if item.card is not None and item.card_id in catalog.cards:
-                    rendered += _check_rendered(catalog.cards[item.card_id], item.card, item.full_summary,
+            for item in result.cards:
+                if item.card_id in catalog.cards:
+                    rendered += _check_rendered(catalog.cards[item.card_id], item.to_json(), item.full_summary,
                                                 f"fixture {name} ({hook})")
     return problems + _collapse(rendered)
 
@@ -1305,7 +1250,7 @@ def _card_entry(catalog: Catalog, card_id: str, today: date,
         "override_reasons": [r for r in fm.get("override_reasons", []) or [] if isinstance(r, dict)],
         "override_reason_system": catalog.shared.get("override_reason_system"),
         "suggestions": fm.get("suggestions") or [],
-        "links": catalog.links(card),
+        "links": Renderer(catalog).links(card),
         "valuesets": [_valueset_entry(catalog.terminology, str(v)) for v in fm.get("valuesets", []) or []],
         "path": card.path.name,
     })

@@ -11,9 +11,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
+from cds_service.clinical.contract import SYNTHETASE_ANTIBODIES, Antibody, ConditionKey, LabKey, PftKey
+from cds_service.clinical.dates import parse_date
 from cds_service.clinical.model import DataNote, Fact
 from cds_service.clinical.orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
 from cds_service.terminology import (
@@ -28,19 +30,14 @@ from cds_service.terminology import (
     normalise_text,
 )
 
-ANTIBODIES = {"jo1": "antibody-jo1", "pl7": "antibody-pl7", "pl12": "antibody-pl12",
-              "ej": "antibody-ej", "oj": "antibody-oj", "ro52": "antibody-ro52", "mda5": "antibody-mda5"}
-SYNTHETASE_ANTIBODIES = ("jo1", "pl7", "pl12", "ej", "oj")
+ANTIBODIES: dict[str, str] = {a: a.value_set for a in Antibody}
 # Other myositis antibodies (Mi-2, TIF1-gamma, SRP, …): no card is about them, but a result puts
 # the patient "on record" for antibodies and a positive one in the clinical scope.
 OTHER_ANTIBODIES = "other"
 MATCHED_ANTIBODIES = {**ANTIBODIES, OTHER_ANTIBODIES: "antibody-other-myositis"}
-CONDITIONS = {"asys": "condition-asys", "ild": "condition-ild", "rp_ild": "condition-rp-ild",
-              "myositis": "condition-myositis", "dysphagia": "condition-dysphagia",
-              "vte_history": "condition-vte-history", "iga_deficiency": "condition-iga-deficiency",
-              "kidney_disease": "condition-kidney-disease", "heart_failure": "condition-heart-failure"}
-LABS = {"egfr": "lab-egfr", "creatinine": "lab-creatinine", "iga": "lab-iga", "weight": "lab-weight"}
-PFT_PERCENT = {"fvc_pct": "lab-fvc-pct", "dlco_pct": "lab-dlco-pct"}
+CONDITIONS: dict[str, str] = {c: c.value_set for c in ConditionKey}
+LABS: dict[str, str] = {lab: lab.value_set for lab in LabKey}
+PFT_PERCENT: dict[str, str] = {p: p.value_set for p in PftKey}
 
 FINAL_STATUSES = {"final", "amended", "corrected"}
 POSITIVE_GRADES = {"positive", "strong-positive"}
@@ -100,21 +97,6 @@ def grade_text(text: str) -> str | None:
 
 
 # -- small readers ----------------------------------------------------------------------
-
-def parse_date(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    try:
-        if len(value) == 4:
-            return date(int(value), 1, 1)
-        if len(value) == 7:
-            return date(int(value[:4]), int(value[5:7]), 1)
-        if len(value) == 10:
-            return date.fromisoformat(value)
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
-    except ValueError:
-        return None
-
 
 def effective_date(resource: Mapping[str, Any]) -> date | None:
     for key in ("effectiveDateTime", "effectiveInstant", "issued"):
@@ -323,19 +305,19 @@ class PatientFacts:
 
     @property
     def ild(self) -> bool:
-        return self.has("ild")
+        return self.has(ConditionKey.ILD)
 
     @property
     def rp_ild(self) -> bool:
-        return self.has("rp_ild") or (self.ild and self.fvc_decline is not None)
+        return self.has(ConditionKey.RP_ILD) or (self.ild and self.fvc_decline is not None)
 
     @property
     def myositis(self) -> bool:
-        return self.has("myositis")
+        return self.has(ConditionKey.MYOSITIS)
 
     @property
     def asys(self) -> bool:
-        return self.has("asys") or self.asys_antibody_defined
+        return self.has(ConditionKey.ASYS) or self.asys_antibody_defined
 
     @property
     def any_antibody_positive(self) -> bool:
@@ -426,25 +408,18 @@ class _Catalogue:
     answers: dict[tuple[str, str], str]
 
 
-_CATALOGUES: dict[int, _Catalogue] = {}
-
-
 def _catalogue(terminology: Terminology) -> _Catalogue:
-    found = _CATALOGUES.get(id(terminology))
-    if found is None:
-        found = _Catalogue(
-            antibodies=_Matcher(terminology, MATCHED_ANTIBODIES),
-            conditions=_Matcher(terminology, CONDITIONS),
-            labs=_Matcher(terminology, LABS),
-            pft=_Matcher(terminology, PFT_PERCENT),
-            first_line=terminology["medication-first-line"],
-            methylprednisolone=terminology["medication-methylprednisolone"],
-            intravenous=terminology["route-intravenous"],
-            plasma_exchange=terminology["procedure-plasma-exchange"],
-            answers=_answer_codes(terminology),
-        )
-        _CATALOGUES[id(terminology)] = found
-    return found
+    return _Catalogue(
+        antibodies=_Matcher(terminology, MATCHED_ANTIBODIES),
+        conditions=_Matcher(terminology, CONDITIONS),
+        labs=_Matcher(terminology, LABS),
+        pft=_Matcher(terminology, PFT_PERCENT),
+        first_line=terminology["medication-first-line"],
+        methylprednisolone=terminology["medication-methylprednisolone"],
+        intravenous=terminology["route-intravenous"],
+        plasma_exchange=terminology["procedure-plasma-exchange"],
+        answers=_answer_codes(terminology),
+    )
 
 
 def _answer_codes(terminology: Terminology) -> dict[tuple[str, str], str]:
@@ -468,8 +443,8 @@ def _newer(candidate_date: date | None, current_date: date | None) -> bool:
 
 
 class _Extractor:
-    def __init__(self, terminology: Terminology, today: date) -> None:
-        self.cat = _catalogue(terminology)
+    def __init__(self, catalogue: _Catalogue, today: date) -> None:
+        self.cat = catalogue
         self.facts = PatientFacts(today=today)
         self.medications: dict[str, dict[str, Any]] = {}
         self.fvc_series: list[tuple[date, float, str]] = []
@@ -558,7 +533,7 @@ class _Extractor:
         lab = self._quantity(obs, when, ref)
         if lab is None:
             return
-        if name == "weight":
+        if name == LabKey.WEIGHT:
             lab = _as_kilograms(lab)
             if lab is None:
                 raise Unreadable("unreadable-value")
@@ -574,7 +549,7 @@ class _Extractor:
                    or u.startswith("percent ")]
         if lab.units and not percent:
             return  # a volume (L) or a predicted value, not a % predicted
-        if name == "fvc_pct" and when is not None:
+        if name == PftKey.FVC_PCT and when is not None:
             self.fvc_series.append((when, lab.value, ref))
         current = self.facts.pft.get(name)
         if current is None or _newer(when, current.date):
@@ -599,9 +574,9 @@ class _Extractor:
         text = next(iter(concept_texts(code)), "") if code is not None else ""
         for name in hits:
             # A history (VTE) counts whatever its clinical status; everything else must be current.
-            if not active and name != "vte_history":
+            if not active and name != ConditionKey.VTE_HISTORY:
                 continue
-            if name == "rp_ild" and "ild" not in hits:
+            if name == ConditionKey.RP_ILD and ConditionKey.ILD not in hits:
                 continue  # "rapidly progressive" must be said of the lung disease itself
             fact = Fact(label=self.cat.conditions.sets[name].title, value_text=text[:120] or None,
                         date=_iso(when), reference=reference_of(cond))
@@ -666,9 +641,9 @@ class _Extractor:
     # -- derived facts ------------------------------------------------------------------
     def finish(self) -> PatientFacts:
         facts = self.facts
-        if facts.has("ild") or facts.has("myositis"):
+        if facts.has(ConditionKey.ILD) or facts.has(ConditionKey.MYOSITIS):
             facts.asys_antibody_defined = any(facts.antibody_positive(a) for a in SYNTHETASE_ANTIBODIES)
-        facts.fvc_decline = _fvc_decline(self.fvc_series, self.cat.pft.sets.get("fvc_pct"))
+        facts.fvc_decline = _fvc_decline(self.fvc_series, self.cat.pft.sets.get(PftKey.FVC_PCT))
         return facts
 
 
@@ -726,47 +701,59 @@ def _fvc_decline(series: list[tuple[date, float, str]], vs: ValueSet | None) -> 
                 date=newest_date.isoformat(), reference=newest_ref)
 
 
+class FactReader:
+    """Reads patient facts; the value sets are compiled once, when the reader is built."""
+
+    def __init__(self, terminology: Terminology) -> None:
+        self._catalogue = _catalogue(terminology)
+
+    def extract(self, resources: Iterable[Any], today: date, draft_orders: Iterable[Any] = (),
+                exclude_references: Iterable[str] = ()) -> PatientFacts:
+        """Facts from ``resources`` (all prefetched/fetched resources) and the call's other draft orders.
+
+        ``exclude_references``: the IVIG orders themselves (not therapy "on record").
+        """
+        extractor = _Extractor(self._catalogue, today)
+        resources = list(resources)
+        draft_orders = [d for d in draft_orders if isinstance(d, Mapping)]
+        extractor.medications = bundled_medications([r for r in resources + draft_orders if isinstance(r, dict)])
+        excluded = set(exclude_references)
+        for resource in resources:
+            if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+                extractor.facts.notes.append(DataNote("skipped-resource", "not-a-resource", None))
+                continue
+            rtype = resource["resourceType"]
+            try:
+                if rtype == "Observation":
+                    extractor.observation(resource)
+                elif rtype == "Condition":
+                    extractor.condition(resource)
+                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder"):
+                    if reference_of(resource) not in excluded:
+                        extractor.medication(resource)
+                elif rtype in ("ServiceRequest", "Procedure"):
+                    extractor.plasma_exchange(resource)
+            except Unreadable as problem:
+                extractor.note(problem.key, resource)
+            except (TypeError, AttributeError, ValueError, KeyError):
+                extractor.note("unexpected-type", resource)
+        for order in draft_orders:
+            if reference_of(order) in excluded:
+                continue
+            try:
+                if order.get("resourceType") in ("MedicationRequest", "MedicationOrder"):
+                    extractor.medication(order, co_ordered=True)
+                elif order.get("resourceType") == "ServiceRequest":
+                    extractor.plasma_exchange({**order, "status": "draft"}
+                                              if order.get("status") not in ("active", "draft") else order)
+            except Unreadable as problem:
+                extractor.note(problem.key, order)
+            except (TypeError, AttributeError, ValueError, KeyError):
+                extractor.note("unexpected-type", order)
+        return extractor.finish()
+
+
 def extract(resources: Iterable[Any], terminology: Terminology, today: date,
             draft_orders: Iterable[Any] = (), exclude_references: Iterable[str] = ()) -> PatientFacts:
-    """Facts from ``resources`` (all prefetched/fetched resources) and the call's other draft orders.
-
-    ``exclude_references``: the IVIG orders themselves (not therapy "on record").
-    """
-    extractor = _Extractor(terminology, today)
-    resources = list(resources)
-    draft_orders = [d for d in draft_orders if isinstance(d, Mapping)]
-    extractor.medications = bundled_medications([r for r in resources + draft_orders if isinstance(r, dict)])
-    excluded = set(exclude_references)
-    for resource in resources:
-        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
-            extractor.facts.notes.append(DataNote("skipped-resource", "not-a-resource", None))
-            continue
-        rtype = resource["resourceType"]
-        try:
-            if rtype == "Observation":
-                extractor.observation(resource)
-            elif rtype == "Condition":
-                extractor.condition(resource)
-            elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder"):
-                if reference_of(resource) not in excluded:
-                    extractor.medication(resource)
-            elif rtype in ("ServiceRequest", "Procedure"):
-                extractor.plasma_exchange(resource)
-        except Unreadable as problem:
-            extractor.note(problem.key, resource)
-        except (TypeError, AttributeError, ValueError, KeyError):
-            extractor.note("unexpected-type", resource)
-    for order in draft_orders:
-        if reference_of(order) in excluded:
-            continue
-        try:
-            if order.get("resourceType") in ("MedicationRequest", "MedicationOrder"):
-                extractor.medication(order, co_ordered=True)
-            elif order.get("resourceType") == "ServiceRequest":
-                extractor.plasma_exchange({**order, "status": "draft"}
-                                          if order.get("status") not in ("active", "draft") else order)
-        except Unreadable as problem:
-            extractor.note(problem.key, order)
-        except (TypeError, AttributeError, ValueError, KeyError):
-            extractor.note("unexpected-type", order)
-    return extractor.finish()
+    """One-off extraction (tests, tools); the service keeps one ``FactReader``."""
+    return FactReader(terminology).extract(resources, today, draft_orders, exclude_references)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from cds_service.clinical.contract import CardId, Finding, TemplateVariables
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,9 @@ class Fact:
 class Decision:
     """A card the rules decided to show, with the facts that made it fire."""
 
-    card_id: str
+    card_id: CardId
     facts_used: list[Fact] = field(default_factory=list)
-    findings: set[str] = field(default_factory=set)
+    findings: set[Finding] = field(default_factory=set)
 
 
 @dataclass
@@ -45,5 +46,5 @@ class Evaluation:
     """Everything the renderer needs for one call."""
 
     decisions: list[Decision]
-    variables: dict[str, Any]
+    variables: TemplateVariables
     notes: list[DataNote] = field(default_factory=list)

@@ -112,7 +112,7 @@ class AuditRecord:
 
 
 def _feedback_key(service_id: str, item: dict[str, Any]) -> str:
-    canonical = json.dumps({"service": service_id, "item": item}, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps({"service": service_id, "entry": item}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

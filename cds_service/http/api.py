@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service.engine import pipeline
 from cds_service.engine.runtime import Runtime
 from cds_service.engine.store import AuditRecord
 from cds_service.errors import CdsError, NotFound, Unauthorized
@@ -81,7 +82,7 @@ def call_service(service_id: str) -> Response:
                                    client_iss=iss, latency_ms=(time.perf_counter() - started) * 1000))
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
-    result = rt.call(service, hook_request, base_url, iss, started)
+    result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started)
     rt.store.audit(result.audit)
     log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
              result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",

@@ -21,20 +21,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
 from cds_service.clinical import facts as clinical_facts
-from cds_service.clinical import orders as clinical_orders
-from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture, record_resources, shift_fixture
+from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
+from cds_service.engine import pipeline
 from cds_service.engine.runtime import Runtime
 from cds_service.engine.services import ServiceDefinition
 from cds_service.errors import BadRequest, NotFound
 from cds_service.http.web.markdown import render_markdown
-from cds_service.protocol import parse_json
+from cds_service.protocol import parse_json, parse_request
 
 bp = Blueprint("demo", __name__, url_prefix="/demo", template_folder="templates",
                static_folder="static", static_url_path="/static")
@@ -144,33 +143,26 @@ def _title(set_id: str) -> str:
 
 
 def key_facts(fixture: dict[str, Any], hook: str) -> FactsView:
-    """The patient's key facts as the service will read them (dates moved to today, like the request)."""
+    """The patient's key facts as the service reads them: the fixture's request (dates moved to
+    today) through the service's own pipeline, nothing re-implemented here."""
     rt = _runtime()
-    today = datetime.now(UTC).date()
-    shifted = shift_fixture(fixture, today)
-    resources = record_resources(shifted)
-    draft_bundle = shifted.get("draftOrders")
-    raw_entries = draft_bundle.get("entry") if isinstance(draft_bundle, dict) else None
-    entries: list[Any] = raw_entries if isinstance(raw_entries, list) else []
-    drafts = [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-    selections = fixture.get("selections")
-    selected = [s for s in selections if isinstance(s, str)] if isinstance(selections, list) else [
-        clinical_orders.reference_of(d) for d in drafts]
-    orders = clinical_orders.ivig_orders(hook, drafts, selected, rt.terminology, entries)
-    facts = clinical_facts.extract(resources, rt.terminology, today, draft_orders=drafts,
-                                   exclude_references=[o.reference for o in orders])
+    service = _service_for(hook)
+    hook_request = parse_request(fixture_request(fixture, hook), hook, rt.limits)
+    result = pipeline.run(rt, service, hook_request)
+    orders = result.orders
+    facts = result.facts or rt.facts.extract([], pipeline.today_utc())
     view = FactsView()
     view.orders = [FactRow(o.display or o.reference, reference=o.reference) for o in orders]
     for name, set_id in clinical_facts.ANTIBODIES.items():
-        result = facts.antibodies.get(name)
-        if result is None:
+        antibody = facts.antibodies.get(name)
+        if antibody is None:
             view.antibodies.append(FactRow(_title(set_id), rt.catalog.status_display("unknown")))
         else:
-            shown = rt.catalog.status_display(result.status)
-            if result.value_text:
-                shown = f"{shown} ({result.value_text})"
-            view.antibodies.append(FactRow(_title(set_id), shown, _iso(result.date), result.reference,
-                                           result.status))
+            shown = rt.catalog.status_display(antibody.status)
+            if antibody.value_text:
+                shown = f"{shown} ({antibody.value_text})"
+            view.antibodies.append(FactRow(_title(set_id), shown, _iso(antibody.date), antibody.reference,
+                                           antibody.status))
     for name in clinical_facts.CONDITIONS:
         for fact in facts.conditions.get(name, []):
             view.conditions.append(FactRow(fact.label, fact.value_text or "", fact.date or "",
