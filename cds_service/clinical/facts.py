@@ -7,37 +7,43 @@ of unrelated labs costs one dictionary look-up (or one pre-compiled regex search
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from cds_service.clinical.contract import SYNTHETASE_ANTIBODIES, Antibody, ConditionKey, LabKey, PftKey
+from cds_service.clinical.contract import SYNTHETASE_ANTIBODIES, ConditionKey, LabKey, PftKey
 from cds_service.clinical.dates import parse_date
+from cds_service.clinical.grading import (
+    Unreadable,
+    effective_date,
+    grade_result,
+    number,
+    reference_range,
+    status_code,
+)
+
+# The value-set groups, importable from here too (tests and tools read them).
+from cds_service.clinical.matching import ANTIBODIES as ANTIBODIES  # noqa: F401
+from cds_service.clinical.matching import CONDITIONS as CONDITIONS  # noqa: F401
+from cds_service.clinical.matching import LABS as LABS  # noqa: F401
+from cds_service.clinical.matching import MATCHED_ANTIBODIES as MATCHED_ANTIBODIES  # noqa: F401
+from cds_service.clinical.matching import (
+    OTHER_ANTIBODIES,
+    Catalogue,
+    compile_catalogue,
+)
+from cds_service.clinical.matching import PFT_PERCENT as PFT_PERCENT  # noqa: F401
 from cds_service.clinical.model import DataNote, Fact
 from cds_service.clinical.orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
 from cds_service.terminology import (
     Terminology,
     ValueSet,
-    alternation,
     as_list,
-    canonical_system,
     codings,
     concept_matches,
     concept_texts,
-    normalise_text,
 )
-
-ANTIBODIES: dict[str, str] = {a: a.value_set for a in Antibody}
-# Other myositis antibodies (Mi-2, TIF1-gamma, SRP, …): no card is about them, but a result puts
-# the patient "on record" for antibodies and a positive one in the clinical scope.
-OTHER_ANTIBODIES = "other"
-MATCHED_ANTIBODIES = {**ANTIBODIES, OTHER_ANTIBODIES: "antibody-other-myositis"}
-CONDITIONS: dict[str, str] = {c: c.value_set for c in ConditionKey}
-LABS: dict[str, str] = {lab: lab.value_set for lab in LabKey}
-PFT_PERCENT: dict[str, str] = {p: p.value_set for p in PftKey}
 
 FINAL_STATUSES = {"final", "amended", "corrected"}
 POSITIVE_GRADES = {"positive", "strong-positive"}
@@ -49,195 +55,8 @@ THERAPY_WINDOW = timedelta(days=180)
 PLASMA_EXCHANGE_RECENT = timedelta(days=7)
 FVC_DECLINE_WINDOW = timedelta(days=90)
 FVC_DECLINE_POINTS = 10.0
-STRONG_FACTOR = 3.0
 # Data sanity, not clinical advice: no human weighs a tonne; a larger value is a unit or entry error.
 PLAUSIBLE_WEIGHT_KG = 1000.0
-
-# Result answer codes (terminology note §5): SNOMED and LOINC answer list LL360-9.
-_ANSWER_CODES = {
-    ("http://snomed.info/sct", "10828004"): "positive",
-    ("http://snomed.info/sct", "260385009"): "negative",
-    ("http://loinc.org", "LA6576-8"): "positive",
-    ("http://loinc.org", "LA6577-6"): "negative",
-}
-# v3-ObservationInterpretation (terminology note §5).  HH/HU mean "above range", not "strong".
-_INTERPRETATION = {
-    "POS": "positive", "DET": "positive", "A": "positive", "AA": "positive", "H": "positive",
-    "HH": "positive", "HU": "positive", ">": "positive",
-    "NEG": "negative", "ND": "negative", "N": "negative", "L": "negative",
-    "IND": "equivocal", "E": "equivocal",
-}
-# Result wording as labs print it.  Parsing vocabulary, not clinical advice.
-_STRONG_WORDS = re.compile(r"\b(strong(ly)?|high(ly)?|marked(ly)?)\s*(pos|positive|reactive)\b|\+\+\+")
-_EQUIVOCAL_WORDS = re.compile(r"\b(equivocal|borderline|indeterminate|inconclusive|weak(ly)?\s+reactive"
-                              r"|low\s+positive\?)\b|\+/-|\+-")
-_NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|absent|none\s+detected|nd"
-                             r"|no\s+(?:\w+\s+){0,2}detected|not\s+(?:reactive|positive|present)"
-                             r"|no\s+(?:\w+\s+){0,2}(?:found|seen))\b|^\s*-\s*$")
-_POSITIVE_WORDS = re.compile(r"\b(pos|positive|detected|reactive|present)\b|\+")
-# The upper limit of normal in a range's text: "<20", "Negative: <20 U", "≤ 29", "0-19", "0 to 19".
-_RANGE_TEXT = re.compile(r"(?:<=?|≤|less than|up to)\s*([0-9]+(?:\.[0-9]+)?)|"
-                         r"(?<![0-9.])[0-9]+(?:\.[0-9]+)?\s*(?:-|–|to)\s*([0-9]+(?:\.[0-9]+)?)")
-
-
-def grade_text(text: str) -> str | None:
-    """Grade a lab's free-text result: strong-positive | positive | equivocal | negative | None."""
-    low = text.strip().lower()
-    if not low:
-        return None
-    if _STRONG_WORDS.search(low):
-        return "strong-positive"
-    if _EQUIVOCAL_WORDS.search(low):
-        return "equivocal"
-    if _NEGATIVE_WORDS.search(low):
-        return "negative"
-    if _POSITIVE_WORDS.search(low):
-        return "positive"
-    return None
-
-
-# -- small readers ----------------------------------------------------------------------
-
-def effective_date(resource: Mapping[str, Any]) -> date | None:
-    for key in ("effectiveDateTime", "effectiveInstant", "issued"):
-        found = parse_date(resource.get(key))
-        if found:
-            return found
-    period = resource.get("effectivePeriod")
-    if isinstance(period, Mapping):
-        return parse_date(period.get("end")) or parse_date(period.get("start"))
-    return None
-
-
-def _number(value: Any) -> float | None:
-    """A finite number, or None: huge integers, "NaN" and "inf" (as strings) are not values."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _status_code(value: Any) -> str | None:
-    """A status that may be a code string or a CodeableConcept (clinicalStatus)."""
-    if isinstance(value, str):
-        return value.strip().lower()
-    for _, code, _ in codings(value):
-        return code.strip().lower()
-    if isinstance(value, Mapping) and isinstance(value.get("text"), str):
-        return str(value["text"]).strip().lower()
-    return None
-
-
-class Unreadable(Exception):
-    """A resource element could not be read; ``key`` names the reason in cards/_shared.yaml."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _reference_range(obs: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    for rng in as_list(obs.get("referenceRange")):
-        if not isinstance(rng, Mapping):
-            continue
-        low = rng.get("low")
-        high = rng.get("high")
-        low_v = _number(low.get("value")) if isinstance(low, Mapping) else None
-        high_v = _number(high.get("value")) if isinstance(high, Mapping) else None
-        if high_v is None and isinstance(rng.get("text"), str):
-            match = _RANGE_TEXT.search(rng["text"])
-            if match:
-                high_v = _number(match.group(1) or match.group(2))
-        if low_v is not None or high_v is not None:
-            return low_v, high_v
-    return None, None
-
-
-def _interpretation_grade(obs: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """(grade from interpretation codes/text, lab's own 'strong' wording present)."""
-    grade: str | None = None
-    strong = False
-    for concept in as_list(obs.get("interpretation")):
-        for _, code, _ in codings(concept):
-            grade = grade or _INTERPRETATION.get(code.strip().upper())
-        for text in concept_texts(concept):
-            text_grade = grade_text(text)
-            if text_grade == "strong-positive":
-                strong = True
-            grade = grade or ("positive" if text_grade == "strong-positive" else text_grade)
-    return grade, strong
-
-
-@dataclass(frozen=True)
-class Graded:
-    grade: str  # strong-positive | positive | equivocal | negative | unknown
-    value_text: str
-
-
-def grade_result(obs: Mapping[str, Any], answers: Mapping[tuple[str, str], str] | None = None) -> Graded:
-    """Grade an antibody result from whichever encoding the lab used."""
-    interp, interp_strong = _interpretation_grade(obs)
-    if "valueQuantity" in obs:
-        qty = obs["valueQuantity"]
-        if not isinstance(qty, Mapping):
-            raise Unreadable("unreadable-value")
-        value = _number(qty.get("value"))
-        if value is None:
-            raise Unreadable("unreadable-value")
-        unit = qty.get("unit") or qty.get("code") or ""
-        comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
-        text = f"{comparator}{value:g} {unit}".strip()
-        _, high = _reference_range(obs)
-        grade: str | None = None
-        if high is not None and high > 0:
-            above = value > high or (value == high and comparator in (">", ">="))
-            below = value <= high and comparator not in (">", ">=")
-            if above:
-                grade = "strong-positive" if value >= STRONG_FACTOR * high else "positive"
-            elif below:
-                grade = "negative"
-        if interp is not None:
-            # The lab's own call wins on positive/negative/equivocal; the number grades strength.
-            if interp == "positive":
-                grade = "strong-positive" if (grade == "strong-positive" or interp_strong) else "positive"
-            else:
-                grade = interp
-        return Graded(grade or "unknown", text)
-    if "valueCodeableConcept" in obs:
-        concept = obs["valueCodeableConcept"]
-        value_grade: str | None = None
-        for system, code, _ in codings(concept):
-            value_grade = value_grade or (answers or _ANSWER_CODES).get((canonical_system(system), code.strip()))
-        texts = list(concept_texts(concept))
-        text_grades = [g for g in (grade_text(t) for t in texts) if g]
-        if value_grade is None and text_grades:
-            value_grade = text_grades[0]
-        if value_grade == "positive" and ("strong-positive" in text_grades or interp_strong):
-            value_grade = "strong-positive"
-        if value_grade is None and not texts and not list(codings(concept)):
-            raise Unreadable("unreadable-value")
-        grade = value_grade or interp
-        if grade == "positive" and interp_strong:
-            grade = "strong-positive"
-        return Graded(grade or "unknown", texts[0] if texts else "")
-    if "valueString" in obs:
-        text = obs["valueString"]
-        if not isinstance(text, str):
-            raise Unreadable("unreadable-value")
-        value_grade = grade_text(text)
-        grade = value_grade or interp
-        if grade == "positive" and interp_strong:
-            grade = "strong-positive"
-        return Graded(grade or "unknown", text[:80])
-    if "valueBoolean" in obs and isinstance(obs["valueBoolean"], bool):
-        return Graded("positive" if obs["valueBoolean"] else "negative", "")
-    if interp is not None:
-        return Graded("strong-positive" if interp == "positive" and interp_strong else interp, "")
-    return Graded("unknown", "")
-
 
 # -- facts ------------------------------------------------------------------------------
 
@@ -336,102 +155,6 @@ class PatientFacts:
         return [t for t in self.therapies if t.co_ordered]
 
 
-class _Matcher:
-    """Value sets compiled for fast filtering of raw resources."""
-
-    def __init__(self, terminology: Terminology, groups: Mapping[str, str]) -> None:
-        self.sets: dict[str, ValueSet] = {name: terminology[vs_id] for name, vs_id in groups.items()
-                                          if vs_id in terminology}
-        self.by_code: dict[tuple[str, str], list[str]] = {}
-        for name, vs in self.sets.items():
-            for code in vs.codes:
-                self.by_code.setdefault(code, []).append(name)
-        self.any_alias = alternation(a for vs in self.sets.values() for a in vs.aliases)
-        self._text_cache: dict[str, tuple[str, ...]] = {}
-        self.text_only = frozenset(name for name, vs in self.sets.items()
-                                   if not vs.codes and not vs.icd_prefixes and not vs.ndc_products)
-
-    def match(self, concept: Any) -> list[str]:
-        """Names of the groups a CodeableConcept belongs to.
-
-        By code first; by alias text only for the groups no code matched — and, once any code
-        identified the concept, only for groups that have no codes at all (e.g. "rapidly
-        progressive", "antisynthetase syndrome"), whose only encoding is text.
-        """
-        names: list[str] = []
-        for system, code, _ in codings(concept):
-            hits = self.by_code.get((canonical_system(system), code.strip()))
-            if hits:
-                names.extend(h for h in hits if h not in names)
-            else:
-                for name, vs in self.sets.items():
-                    if (vs.icd_prefixes or vs.ndc_products) and vs.has_coding(system, code) \
-                            and name not in names:
-                        names.append(name)
-        if self.any_alias is None:
-            return names
-        candidates = [name for name in self.sets if name not in names
-                      and (not names or name in self.text_only)]
-        if not candidates:
-            return names
-        for text in concept_texts(concept):
-            for name in self._text_groups(text):
-                if name in candidates and name not in names:
-                    names.append(name)
-        return names
-
-    def _text_groups(self, text: str) -> tuple[str, ...]:
-        """Groups whose aliases match ``text``; cached, since a record repeats a few lab names."""
-        found = self._text_cache.get(text)
-        if found is None:
-            found = ()
-            if self.any_alias is not None and self.any_alias.search(normalise_text(text)):
-                found = tuple(name for name, vs in self.sets.items() if vs.matches_text(text))
-            if len(self._text_cache) > 20_000:
-                self._text_cache.clear()
-            self._text_cache[text] = found
-        return found
-
-
-@dataclass
-class _Catalogue:
-    """Per-terminology compiled matchers, built once and reused for every call."""
-
-    antibodies: _Matcher
-    conditions: _Matcher
-    labs: _Matcher
-    pft: _Matcher
-    first_line: ValueSet
-    methylprednisolone: ValueSet
-    intravenous: ValueSet
-    plasma_exchange: ValueSet
-    answers: dict[tuple[str, str], str]
-
-
-def _catalogue(terminology: Terminology) -> _Catalogue:
-    return _Catalogue(
-        antibodies=_Matcher(terminology, MATCHED_ANTIBODIES),
-        conditions=_Matcher(terminology, CONDITIONS),
-        labs=_Matcher(terminology, LABS),
-        pft=_Matcher(terminology, PFT_PERCENT),
-        first_line=terminology["medication-first-line"],
-        methylprednisolone=terminology["medication-methylprednisolone"],
-        intravenous=terminology["route-intravenous"],
-        plasma_exchange=terminology["procedure-plasma-exchange"],
-        answers=_answer_codes(terminology),
-    )
-
-
-def _answer_codes(terminology: Terminology) -> dict[tuple[str, str], str]:
-    """Qualitative answer codes -> grade, from the answer-* value sets (the note's codes otherwise)."""
-    answers = dict(_ANSWER_CODES)
-    for vs_id, grade in (("answer-positive", "positive"), ("answer-negative", "negative")):
-        if vs_id in terminology:
-            for system, code in terminology[vs_id].codes:
-                answers[(system, code)] = grade
-    return answers
-
-
 def _iso(d: date | None) -> str | None:
     return d.isoformat() if d else None
 
@@ -443,7 +166,7 @@ def _newer(candidate_date: date | None, current_date: date | None) -> bool:
 
 
 class _Extractor:
-    def __init__(self, catalogue: _Catalogue, today: date) -> None:
+    def __init__(self, catalogue: Catalogue, today: date) -> None:
         self.cat = catalogue
         self.facts = PatientFacts(today=today)
         self.medications: dict[str, dict[str, Any]] = {}
@@ -508,13 +231,13 @@ class _Extractor:
             return None
         if not isinstance(qty, Mapping):
             raise Unreadable("unreadable-value")
-        value = _number(qty.get("value"))
+        value = number(qty.get("value"))
         if value is None:
             raise Unreadable("unreadable-value")
         unit = str(qty.get("unit") or qty.get("code") or "")
         ucum = str(qty["code"]) if isinstance(qty.get("code"), str) else ""
         comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
-        low, high = _reference_range(obs)
+        low, high = reference_range(obs)
         flag: str | None = None
         for concept in as_list(obs.get("interpretation")):
             for _, code, _ in codings(concept):
@@ -563,10 +286,10 @@ class _Extractor:
         hits = self.cat.conditions.match(code)
         if not hits:
             return
-        verification = _status_code(cond.get("verificationStatus"))
+        verification = status_code(cond.get("verificationStatus"))
         if verification in EXCLUDED_VERIFICATION:
             return
-        clinical = _status_code(cond.get("clinicalStatus"))
+        clinical = status_code(cond.get("clinicalStatus"))
         active = clinical is None or clinical in ACTIVE_CLINICAL
         when = (parse_date(cond.get("onsetDateTime")) or parse_date(cond.get("recordedDate"))
                 or parse_date((cond.get("onsetPeriod") or {}).get("start")
@@ -705,7 +428,7 @@ class FactReader:
     """Reads patient facts; the value sets are compiled once, when the reader is built."""
 
     def __init__(self, terminology: Terminology) -> None:
-        self._catalogue = _catalogue(terminology)
+        self._catalogue = compile_catalogue(terminology)
 
     def extract(self, resources: Iterable[Any], today: date, draft_orders: Iterable[Any] = (),
                 exclude_references: Iterable[str] = ()) -> PatientFacts:

@@ -23,7 +23,8 @@ from cds_service.clinical.contract import (
     PftKey,
     TemplateVariables,
 )
-from cds_service.clinical.facts import ANTIBODIES, LabValue, PatientFacts
+from cds_service.clinical.facts import LabValue, PatientFacts
+from cds_service.clinical.matching import ANTIBODIES
 from cds_service.clinical.model import DataNote, Decision, Evaluation, Fact
 from cds_service.clinical.orders import DraftOrder
 from cds_service.terminology import Terminology

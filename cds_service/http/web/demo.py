@@ -27,6 +27,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
 from cds_service.clinical import facts as clinical_facts
+from cds_service.clinical import matching as clinical_matching
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
 from cds_service.engine import pipeline
 from cds_service.engine.runtime import Runtime
@@ -153,7 +154,7 @@ def key_facts(fixture: dict[str, Any], hook: str) -> FactsView:
     facts = result.facts or rt.facts.extract([], pipeline.today_utc())
     view = FactsView()
     view.orders = [FactRow(o.display or o.reference, reference=o.reference) for o in orders]
-    for name, set_id in clinical_facts.ANTIBODIES.items():
+    for name, set_id in clinical_matching.ANTIBODIES.items():
         antibody = facts.antibodies.get(name)
         if antibody is None:
             view.antibodies.append(FactRow(_title(set_id), rt.catalog.status_display("unknown")))
@@ -163,7 +164,7 @@ def key_facts(fixture: dict[str, Any], hook: str) -> FactsView:
                 shown = f"{shown} ({antibody.value_text})"
             view.antibodies.append(FactRow(_title(set_id), shown, _iso(antibody.date), antibody.reference,
                                            antibody.status))
-    for name in clinical_facts.CONDITIONS:
+    for name in clinical_matching.CONDITIONS:
         for fact in facts.conditions.get(name, []):
             view.conditions.append(FactRow(fact.label, fact.value_text or "", fact.date or "",
                                            fact.reference or ""))
@@ -176,11 +177,11 @@ def key_facts(fixture: dict[str, Any], hook: str) -> FactsView:
         where = "co-ordered" if therapy.co_ordered else "on record"
         view.therapy.append(FactRow(therapy.name, f"{therapy.status} ({where})", _iso(therapy.date),
                                     therapy.reference, "pulse" if therapy.pulse_methylprednisolone else ""))
-    for name, set_id in clinical_facts.LABS.items():
+    for name, set_id in clinical_matching.LABS.items():
         lab = facts.labs.get(name)
         if lab is not None:
             view.labs.append(_lab_row(_title(set_id), lab))
-    for name, set_id in clinical_facts.PFT_PERCENT.items():
+    for name, set_id in clinical_matching.PFT_PERCENT.items():
         lab = facts.pft.get(name)
         if lab is not None:
             view.pulmonary.append(_lab_row(_title(set_id), lab))
