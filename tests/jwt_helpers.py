@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from loopback import NOT_FOUND, LoopbackServer, Request, Response
+from loopback import LoopbackServer, Response
 
 
 def b64url(data: bytes) -> str:
@@ -28,31 +27,24 @@ def raw_token(header: dict[str, Any], claims: dict[str, Any], signature: bytes =
 
 
 class JwksServer:
-    """Serves JSON documents by path on the loopback server and counts every request per path."""
+    """Serves JWKS documents by path on the loopback server and counts every request per path."""
 
     def __init__(self) -> None:
-        self.documents: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._server = LoopbackServer(self._answer, name="jwks-server")
+        self.routes: dict[str, Response] = {}  # path -> document; looked up per request
+        self._server = LoopbackServer(self.routes, name="jwks-server")
         self.base_url = self._server.origin
-
-    def _answer(self, request: Request) -> Response:
-        with self._lock:
-            document = self.documents.get(request.path)
-        return Response(200, document) if document is not None else NOT_FOUND
 
     @property
     def hits(self) -> Counter[str]:
-        """Requests per path (query included), however they were answered."""
+        """Requests per path (query included), whether a document was there or not."""
         return Counter(request.path for request in list(self._server.requests))
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def publish(self, path: str, *jwks: dict[str, Any]) -> str:
-        """Serve ``{"keys": [...]}`` at ``path``; returns its URL."""
-        with self._lock:
-            self.documents[path] = {"keys": list(jwks)}
+        """Serve ``{"keys": [...]}`` at ``path`` (anything else answers 404); returns its URL."""
+        self.routes[path] = Response(200, {"keys": list(jwks)})
         return self.url(path)
 
     def total_hits(self) -> int:

@@ -237,7 +237,7 @@ def _request_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             finally:
                 server._leave()
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
             return
