@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from loopback import LoopbackServer, Response
 
 
 def b64url(data: bytes) -> str:
@@ -27,54 +27,30 @@ def raw_token(header: dict[str, Any], claims: dict[str, Any], signature: bytes =
 
 
 class JwksServer:
-    """Serves JSON documents by path on 127.0.0.1 and counts every request per path."""
+    """Serves JWKS documents by path on the loopback server and counts every request per path."""
 
     def __init__(self) -> None:
-        self.documents: dict[str, Any] = {}
-        self.hits: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        server = self
+        self.routes: dict[str, Response] = {}  # path -> document; looked up per request
+        self._server = LoopbackServer(self.routes, name="jwks-server")
+        self.base_url = self._server.origin
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with server._lock:
-                    server.hits[self.path] += 1
-                    document = server.documents.get(self.path)
-                body = json.dumps(document).encode() if document is not None else b'{"error":"not found"}'
-                self.send_response(200 if document is not None else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    @property
+    def hits(self) -> Counter[str]:
+        """Requests per path (query included), whether a document was there or not."""
+        return Counter(request.path for request in list(self._server.requests))
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def publish(self, path: str, *jwks: dict[str, Any]) -> str:
-        """Serve ``{"keys": [...]}`` at ``path``; returns its URL."""
-        with self._lock:
-            self.documents[path] = {"keys": list(jwks)}
+        """Serve ``{"keys": [...]}`` at ``path`` (anything else answers 404); returns its URL."""
+        self.routes[path] = Response(200, {"keys": list(jwks)})
         return self.url(path)
 
     def total_hits(self) -> int:
-        with self._lock:
-            return sum(self.hits.values())
+        return len(self._server.requests)
 
     @contextmanager
     def running(self) -> Iterator[JwksServer]:
-        thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
-        thread.start()
-        try:
+        with self._server:
             yield self
-        finally:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            thread.join(timeout=2)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
+from loopback import LoopbackServer
 
 from cds_service.devtools.fixtures import load_fixture
 from cds_service.devtools.keys import new_key_pair
@@ -37,27 +36,25 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 
-class LiveService:
-    """create_app on a loopback port (werkzeug, threaded), the way a browser would reach it."""
+class LiveService(LoopbackServer):
+    """create_app on the loopback server (werkzeug, threaded), the way a browser would reach it."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         with pytest.MonkeyPatch.context() as mp:
             for name in list(os.environ):
                 if name.startswith("CDS_"):
                     mp.delenv(name)
-            self.app: Flask = create_app(config)
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+            app: Flask = create_app(config)
+        super().__init__(app=app, name="demo-live-service")
+        self.url = self.origin
+        self.start()
 
     @property
     def store(self) -> Any:
         return self.app.extensions["cds_runtime"].store
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
+        self.stop()
         self.store.close()
 
 

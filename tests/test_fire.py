@@ -11,12 +11,9 @@ import io
 import json
 import os
 import re
-import socket
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ import jwt
 import pytest
 from fhir_server import FhirTestServer
 from flask import Flask
-from werkzeug.serving import make_server
+from loopback import LoopbackServer, Request, Response, unused_port
 
 from cds_service.devtools import fire
 from cds_service.devtools.fixtures import list_fixtures, load_fixture, record_resources, shift_fixture
@@ -47,22 +44,15 @@ def run(argv: list[str]) -> int:
     return result
 
 
-class LiveServer:
-    """A WSGI app on a loopback port, in a thread."""
+class LiveServer(LoopbackServer):
+    """The service's WSGI app on the loopback server; closes the app's store when it stops."""
 
     def __init__(self, app: Flask) -> None:
-        self.app = app
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(app=app, name="fire-live-service")
+        self.url = self.origin
 
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
+    def stop(self) -> None:
+        super().stop()
         self.app.extensions["cds_runtime"].store.close()
 
 
@@ -85,52 +75,24 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield server
 
 
-Handler = Callable[[BaseHTTPRequestHandler, str, bytes], tuple[int, str, bytes]]
+Handler = Callable[[Request, str, bytes], tuple[int, str, bytes]]
 
 
-class FakeServer:
+class FakeServer(LoopbackServer):
     """Answers every request with ``handler(request, method, body) -> (status, content type, body)``;
-    records each request's path and Authorization header."""
+    ``seen`` lists each request's method, path and Authorization header."""
 
     def __init__(self, handler: Handler) -> None:
-        self.seen: list[tuple[str, str, str | None]] = []
-        outer = self
+        def answer(request: Request) -> Response:
+            status, content_type, payload = handler(request, request.method, request.body)
+            return Response(status, payload, content_type)
 
-        class RequestHandler(BaseHTTPRequestHandler):
-            def _answer(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                outer.seen.append((method, self.path, self.headers.get("Authorization")))
-                status, content_type, payload = handler(self, method, body)
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+        super().__init__(answer, name="fire-fake-server")
+        self.url = self.origin
 
-            def do_GET(self) -> None:
-                self._answer("GET")
-
-            def do_POST(self) -> None:
-                self._answer("POST")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    @property
+    def seen(self) -> list[tuple[str, str, str | None]]:
+        return [(r.method, r.path, r.authorization) for r in self.requests]
 
 
 def _json(value: Any) -> bytes:
@@ -144,18 +106,12 @@ DISCOVERY = {"services": [{"hook": "order-select", "id": "fake-select", "descrip
 def fake_cds(service_answer: tuple[int, str, bytes]) -> FakeServer:
     """A server with a good discovery document whose one service answers ``service_answer``."""
 
-    def handler(request: BaseHTTPRequestHandler, method: str, body: bytes) -> tuple[int, str, bytes]:
+    def handler(request: Request, method: str, body: bytes) -> tuple[int, str, bytes]:
         if method == "GET" and request.path == "/cds-services":
             return 200, "application/json", _json(DISCOVERY)
         return service_answer
 
     return FakeServer(handler)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def card_ids_line(output: str) -> list[str]:
@@ -345,7 +301,7 @@ def test_each_call_is_signed_for_its_own_url_with_a_fresh_jti(tmp_path: Path) ->
 # --------------------------------------------------------------------------------------
 
 def _html(status: int) -> Handler:
-    def handler(request: BaseHTTPRequestHandler, method: str, body: bytes) -> tuple[int, str, bytes]:
+    def handler(request: Request, method: str, body: bytes) -> tuple[int, str, bytes]:
         return status, "text/html; charset=utf-8", b"<!doctype html><title>Not here</title><h1>Nope</h1>"
 
     return handler
@@ -372,7 +328,7 @@ def test_json_without_services_is_not_a_cds_service(capsys: pytest.CaptureFixtur
 
 
 def test_connection_refused_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{unused_port()}"
     assert run(["fire", "--url", url, "--fixture", "pl7-ro52-rpild", "--timeout", "2"]) == 3
     assert f"cannot connect to {url}/cds-services: connection refused" in capsys.readouterr().err
 
@@ -405,7 +361,7 @@ def test_protocol_errors_fail_clearly(answer: tuple[int, str, bytes], message: s
 def test_fire_sends_prefetch_for_the_discovered_templates_only() -> None:
     received: list[dict[str, Any]] = []
 
-    def handler(request: BaseHTTPRequestHandler, method: str, body: bytes) -> tuple[int, str, bytes]:
+    def handler(request: Request, method: str, body: bytes) -> tuple[int, str, bytes]:
         if method == "GET":
             return 200, "application/json", _json(DISCOVERY)
         received.append(json.loads(body))
