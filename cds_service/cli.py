@@ -93,7 +93,7 @@ def _add_fire(subparsers: Any) -> None:
     fire_parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                              help="colour the cards (default: when stdout is a terminal)")
     fire_parser.add_argument("--fixtures-dir", metavar="DIR",
-                             help="fixtures directory (default: CDS_FIXTURES_DIR or the project's fixtures/)")
+                             help="fixtures directory (default: CDS_FIXTURES_DIR or the package's fixtures)")
     fire_parser.set_defaults(func=fire.fire)
 
 
