@@ -20,6 +20,7 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check cds_service tests bench
 	$(VENV)/bin/mypy cds_service
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/cds-service cards check
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import requests
 from flask.testing import FlaskClient
 
-from cds_service.devtools.fixtures import record_resources, render_template, shift_fixture
+from cds_service.devtools.fixtures import record_resources, shift_fixture
 from cds_service.engine.services import default_services
+from cds_service.protocol import render_template
 
 from . import profiling, workloads
 from .inprocess import make_app, post
@@ -82,7 +83,7 @@ def single_queries(workload_fixture: dict[str, object]) -> list[str]:
     context = {"patientId": workload_fixture["patientId"], "userId": workload_fixture["userId"]}
     queries = []
     for key in workloads.FALLBACK_MISSING_KEYS:
-        url = render_template(templates[key], context)
+        url = render_template(templates[key], context, encode=False)
         if url is not None:
             queries.append(url)
     return queries

@@ -1,7 +1,11 @@
-"""Settings: one frozen dataclass read from ``CDS_*`` environment variables or a mapping.
+"""Settings: one frozen dataclass read from ``CDS_*`` environment variables or a mapping, validated
+in one place (``Settings.validate``).
 
 Nothing else in the package reads ``os.environ``.  Production defaults are strict;
-``cds-service serve --dev`` passes a relaxed mapping (see ``DEV_OVERRIDES``).
+``cds-service serve --dev`` passes a relaxed mapping (see ``DEV_OVERRIDES``).  Card content and
+fixtures default to the copies installed with the package (``cds_service/_content``: links to the
+checkout's ``cards/`` and ``fixtures/``, which a wheel carries as package data), so an installed
+service runs from any directory; ``CDS_CARDS_DIR`` / ``CDS_FIXTURES_DIR`` point elsewhere.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CDS_"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CARDS_DIR = PROJECT_ROOT / "cards"
-DEFAULT_FIXTURES_DIR = PROJECT_ROOT / "fixtures"
+# In a checkout these resolve to its top-level cards/ and fixtures/; in a wheel they are package data.
+PACKAGE_CONTENT_DIR = Path(__file__).resolve().parent / "_content"
+DEFAULT_CARDS_DIR = (PACKAGE_CONTENT_DIR / "cards").resolve()
+DEFAULT_FIXTURES_DIR = (PACKAGE_CONTENT_DIR / "fixtures").resolve()
 
 
 class SettingsError(ValueError):
@@ -83,12 +88,15 @@ class Settings:
             raise SettingsError(f"CONTENT_POLICY must be 'approved-only' or 'all', not {self.CONTENT_POLICY!r}")
         if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("http://", "https://")):
             raise SettingsError("PUBLIC_BASE_URL must be an absolute http(s) URL")
-        for name in ("MAX_BODY_BYTES", "MAX_JSON_DEPTH", "FHIR_MAX_PAGES", "FHIR_MAX_ENTRIES",
-                     "FHIR_MAX_RESPONSE_BYTES", "AUDIT_QUEUE_SIZE"):
+        for name in ("MAX_BODY_BYTES", "MAX_JSON_DEPTH", "MAX_PREFETCH_RESOURCES", "MAX_DRAFT_ORDERS",
+                     "MAX_STRING_LENGTH", "MAX_FEEDBACK_ITEMS", "FHIR_MAX_PAGES", "FHIR_MAX_ENTRIES",
+                     "FHIR_MAX_RESPONSE_BYTES", "AUDIT_QUEUE_SIZE", "FHIR_DEADLINE_S", "JWT_MAX_LIFETIME_S",
+                     "JWKS_TIMEOUT_S"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
-        if self.FHIR_DEADLINE_S <= 0:
-            raise SettingsError("FHIR_DEADLINE_S must be positive")
+        for name in ("JWT_CLOCK_SKEW_S", "JWKS_REFRESH_INTERVAL_S"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} may not be negative")
         for alg in self.jwt_algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise SettingsError(f"JWT_ALGORITHMS may not contain {alg!r} (no 'none', no symmetric algorithms)")
@@ -200,7 +208,7 @@ def describe() -> list[tuple[str, str, str, str]]:
         default = f.default
         shown = "empty" if default == "" else f"`{default}`"
         if f.name in ("CARDS_DIR", "FIXTURES_DIR"):
-            shown = f"`./{Path(str(default)).name}`"
+            shown = f"the package's `{Path(str(default)).name}/` (the checkout's `./{Path(str(default)).name}`)"
         if f.name in DEV_OVERRIDES:
             shown += f" (dev: `{DEV_OVERRIDES[f.name]}`)"
         rows.append((ENV_PREFIX + f.name, f.name, shown, DESCRIPTIONS.get(f.name, "")))

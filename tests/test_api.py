@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-from flask import Flask
+from flask import Flask, abort
 from flask.testing import FlaskClient
 
+from cds_service import errors
 from cds_service.devtools.fixtures import build_request, load_fixture
 from cds_service.devtools.keys import mint_token, new_key_pair
 from cds_service.protocol.schema import first_error
@@ -339,6 +340,37 @@ def test_body_over_max_body_bytes_is_413(make_app: Callable[..., Flask]) -> None
     # just under the limit is fine
     small = eager_request("order-select")
     assert client.post(SELECT, json=small).status_code == 200
+
+
+@pytest.mark.parametrize("status", sorted(set(errors.ERROR_CODES) - {401, 412, 500}))
+def test_one_error_code_per_kind_of_error_whoever_raises_it(make_app: Callable[..., Flask], status: int) -> None:
+    """werkzeug's errors and the service's own answer with the same code from errors.ERROR_CODES."""
+    app = make_app()
+    service_error = next(cls for cls in vars(errors).values()
+                         if isinstance(cls, type) and issubclass(cls, errors.CdsError) and cls.status == status
+                         and cls is not errors.CdsError) if status in (400, 404, 405, 413, 415) else None
+
+    def from_werkzeug() -> None:
+        abort(status)
+
+    def from_the_service() -> None:
+        assert service_error is not None
+        raise service_error("raised by the service")
+
+    app.add_url_rule("/test-werkzeug-error", "test_werkzeug_error", from_werkzeug)
+    app.add_url_rule("/test-service-error", "test_service_error", from_the_service)
+    client = app.test_client()
+    by_werkzeug = assert_error(client.get("/test-werkzeug-error"), status)
+    assert by_werkzeug["error"] == errors.ERROR_CODES[status]
+    if service_error is not None:
+        by_service = assert_error(client.get("/test-service-error"), status)
+        assert by_service["error"] == by_werkzeug["error"]
+
+
+def test_unknown_path_and_unknown_service_are_the_same_404(client: FlaskClient) -> None:
+    unknown_path = assert_error(client.get("/no/such/path"), 404)
+    unknown_service = assert_error(client.post("/cds-services/no-such-service", json=eager_request()), 404)
+    assert unknown_path["error"] == unknown_service["error"] == "not_found"
 
 
 def test_unexpected_exception_is_a_generic_500_naming_a_request_id(

@@ -6,7 +6,6 @@ servers stand in for things that are not (good) CDS services.  Nothing leaves th
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from fhir_server import FhirTestServer
 from flask import Flask
 from loopback import LoopbackServer, Request, Response, unused_port
 
-from cds_service.devtools import fire
+from cds_service import cli
 from cds_service.devtools.fixtures import list_fixtures, load_fixture, record_resources, shift_fixture
 from cds_service.http.app import create_app
 
@@ -36,10 +35,8 @@ THREE_FIXTURES = ("pl7-ro52-rpild", "safety-iga-low-critical", "mda5-dm-ild")
 # --------------------------------------------------------------------------------------
 
 def run(argv: list[str]) -> int:
-    """Run a ``cds-service`` subcommand registered by ``fire.add_commands``."""
-    parser = argparse.ArgumentParser(prog="cds-service")
-    fire.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """Run a ``cds-service`` subcommand as the command line parses it."""
+    args = cli.build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
 

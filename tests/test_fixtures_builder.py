@@ -1,4 +1,5 @@
-"""cds_service.devtools.fixtures: in-memory FHIR search, date shifting, request building, and the fixture files."""
+"""cds_service.devtools: the in-memory FHIR search (``fhir_search``), and date shifting, request building
+and the fixture files (``fixtures``)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ from typing import Any
 
 import pytest
 
+from cds_service.devtools.fhir_search import search
 from cds_service.devtools.fixtures import (
     FIXTURE_KEYS,
     build_request,
     list_fixtures,
     load_fixture,
     record_resources,
-    render_template,
-    search,
     shift_dates,
     shift_fixture,
 )
+from cds_service.protocol import render_template
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
 CARD_IDS = {

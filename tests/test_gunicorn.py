@@ -1,8 +1,10 @@
 """The production image's command (issue 2 item 8), without Docker: the Dockerfile's CMD is parsed and
-run as is on a loopback port, with production defaults (AUTH=jwt) and a trusted issuer made here."""
+run as is on a loopback port, with production defaults (AUTH=jwt, the package's cards) and a trusted
+issuer made here."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 
+from cds_service import cli
 from cds_service.devtools.keys import mint_token, new_key_pair
 from cds_service.protocol.schema import first_error
 
@@ -82,14 +85,14 @@ def local_argv() -> list[str]:
 # --- the Dockerfile ------------------------------------------------------------------------------------
 
 
-def test_dockerfile_cmd_is_gunicorn_with_the_repo_config() -> None:
+def test_dockerfile_cmd_is_gunicorn_with_the_packaged_config() -> None:
     argv = image_command()
     assert len(argv) == 4, argv
     assert argv[:2] == ["gunicorn", "--config"] and argv[3] == "cds_service.wsgi:app", argv
-    config = argv[2]
-    assert Path(local_path(config)).resolve() == (REPO / "gunicorn.conf.py").resolve(), \
-        f"CMD config {config} is not the repo's gunicorn.conf.py (WORKDIR {workdir()})"
-    assert any("gunicorn.conf.py" in args for args in instruction("COPY"))
+    # The configuration installed with the package, the one `cds-service serve` uses too.
+    assert argv[2] == cli.GUNICORN_CONFIG == "python:cds_service.gunicorn_conf", argv
+    config = importlib.import_module(argv[2].removeprefix("python:"))
+    assert config.worker_class == "gthread" and config.wsgi_app == argv[3]
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -147,8 +150,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "CDS_TRUSTED_ISSUERS": json.dumps({ISS: {"jwks": {"keys": [jwk]}}}),
         "CDS_PUBLIC_BASE_URL": base_url,
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('gunicorn') / 'ivig-cds.sqlite3'}",
-        "CDS_CARDS_DIR": str(REPO / "cards"),
-        "CDS_FIXTURES_DIR": str(REPO / "fixtures"),
         "CDS_AUDIT_KEY": "gunicorn-test-audit-key",
     })
     log_path = tmp_path_factory.mktemp("gunicorn-log") / "gunicorn.log"

@@ -193,9 +193,9 @@ def test_document_is_built_once_per_app(app: Flask, monkeypatch: pytest.MonkeyPa
     calls: list[object] = []
     original = openapi.build_document
 
-    def counting(runtime: Any) -> dict[str, Any]:
+    def counting(runtime: Any, security_scheme: Any) -> dict[str, Any]:
         calls.append(runtime)
-        return original(runtime)
+        return original(runtime, security_scheme)
 
     monkeypatch.setattr(openapi, "build_document", counting)
     first = document_of(app, base_url="http://a.example/")

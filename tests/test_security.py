@@ -33,7 +33,10 @@ from cds_service.http.auth import (
     ClientVerifier,
     JwksCache,
     MemoryReplayCache,
+    NoAuthVerifier,
     RedisReplayCache,
+    RefusingVerifier,
+    build_verifier,
     load_trusted_issuers,
 )
 from cds_service.settings import Settings, SettingsError, load_settings
@@ -190,10 +193,26 @@ def test_tenant_on_the_issuer_list_passes(keys: dict[str, Key], make_verifier: V
     assert client.tenant == "hospital-a"
 
 
-def test_auth_off_returns_the_anonymous_client_without_looking(clock: FakeClock) -> None:
-    verifier = ClientVerifier(load_settings({"AUTH": "off"}, environ={}), clock=clock)
+def test_auth_off_returns_the_anonymous_client_without_looking(keys: dict[str, Key]) -> None:
+    issuers = json.dumps({ISS: {"jwks": {"keys": [keys["es"].jwk]}}})
+    verifier = build_verifier(load_settings({"AUTH": "off", "TRUSTED_ISSUERS": issuers}, environ={}))
+    assert isinstance(verifier, NoAuthVerifier) and verifier.security_scheme is None
     assert verifier.verify(None, AUD) is ANONYMOUS_CLIENT
     assert verifier.verify("Basic xyz", AUD) is ANONYMOUS_CLIENT
+
+
+def test_the_verifier_is_chosen_once_from_auth_and_trusted_issuers(keys: dict[str, Key],
+                                                                    clock: FakeClock) -> None:
+    issuers = json.dumps({ISS: {"jwks": {"keys": [keys["es"].jwk]}}})
+    checking = build_verifier(load_settings({"AUTH": "jwt", "TRUSTED_ISSUERS": issuers}, environ={}))
+    assert isinstance(checking, ClientVerifier) and checking.security_scheme is not None
+    assert refused(checking, None) == "no Authorization header"
+    # AUTH=jwt and nobody trusted: every call refused, even one with a good token.
+    nobody = build_verifier(load_settings({"AUTH": "jwt"}, environ={}))
+    assert isinstance(nobody, RefusingVerifier) and nobody.security_scheme is not None
+    good = bearer(mint_token(keys["es"].private_pem, alg="ES384", kid=keys["es"].kid, iss=ISS, aud=AUD))
+    assert checking.verify(good, AUD).iss == ISS
+    assert refused(nobody, good) == "no trusted issuers configured"
 
 
 # -- refused: header and token shape ------------------------------------------------------
@@ -629,6 +648,18 @@ def test_auth_jwt_without_issuers_or_with_bad_settings_raises_settings_error() -
         ClientVerifier(Settings(TRUSTED_ISSUERS=issuers, JWT_ALGORITHMS="ES999"))
     with pytest.raises(SettingsError, match="REDIS_URL"):
         ClientVerifier(Settings(TRUSTED_ISSUERS=issuers, REDIS_URL="notredis://x"))
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("JWT_CLOCK_SKEW_S", -1, "may not be negative"),
+    ("JWKS_REFRESH_INTERVAL_S", -1, "may not be negative"),
+    ("JWT_MAX_LIFETIME_S", 0, "must be positive"),
+    ("JWKS_TIMEOUT_S", 0, "must be positive"),
+])
+def test_jwt_timing_settings_are_validated_with_the_other_settings(name: str, value: int, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} {message}"):
+        load_settings({name: value}, environ={})
+    load_settings({name: 0 if "negative" in message else 1}, environ={})
 
 
 def test_trusted_issuers_from_a_file(keys: dict[str, Key], tmp_path: Any, clock: FakeClock) -> None:

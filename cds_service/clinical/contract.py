@@ -172,10 +172,6 @@ TEMPLATE_NAMES = frozenset({f.name for f in fields(TemplateVariables)} | {f.name
 #: Every finding key a card may test.
 FINDINGS = frozenset(Finding)
 
-#: Severity order of CDS Hooks indicators (most urgent first); cards are returned in this order.
-INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
-
-
 def template_context(variables: TemplateVariables, extras: RenderVariables) -> dict[str, Any]:
     """The Jinja context of one card: names from this module only."""
     context: dict[str, Any] = {f.name: getattr(variables, f.name) for f in fields(variables)}

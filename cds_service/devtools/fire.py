@@ -1,4 +1,4 @@
-"""``cds-service fire`` and ``cds-service keys new``: act as a CDS client against any CDS service.
+"""``cds-service fire``: act as a CDS client against any CDS service (the options are in ``cli.py``).
 
 ``fire`` does what an EHR does: discovery (``GET BASE/cds-services``) to find the service for the
 hook and its prefetch templates, then one hook call with a fixture patient's request (prefetch
@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +28,16 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cds_service.devtools import EXIT_OK, EXIT_PROTOCOL, EXIT_UNREACHABLE, EXIT_USAGE
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
-from cds_service.devtools.keys import mint_token, new_key_pair
+from cds_service.devtools.keys import mint_token
+from cds_service.protocol import INDICATOR_ORDER
 from cds_service.protocol.schema import first_error
 from cds_service.settings import DEFAULT_FIXTURES_DIR, SettingsError, load_settings
 
-HOOKS = ("order-select", "order-sign")
-ALGORITHMS = ("ES384", "RS384")
+__all__ = ["EXIT_OK", "EXIT_PROTOCOL", "EXIT_UNREACHABLE", "EXIT_USAGE", "FireError", "Signer", "fire"]
+
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_KEY_FILE = "cds-client-key.pem"
-DEFAULT_ISS = "https://cds-client.example.org"
-
-EXIT_OK, EXIT_PROTOCOL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-_INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;34m", "bold": "\033[1m",
             "dim": "\033[2m", "red": "\033[31m", "green": "\033[32m"}
 _RESET = "\033[0m"
@@ -278,7 +273,7 @@ def card_id(card: Mapping[str, Any]) -> str:
 
 def sort_cards(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Critical, then warning, then info, as an EHR shows them (stable within one indicator)."""
-    return sorted(cards, key=lambda c: _INDICATOR_ORDER.get(str(c.get("indicator")), 3))
+    return sorted(cards, key=lambda c: INDICATOR_ORDER.get(str(c.get("indicator")), 3))
 
 
 def print_cards(out: Printer, cards: list[dict[str, Any]]) -> None:
@@ -456,98 +451,3 @@ def _expected(fixture: Mapping[str, Any], hook: str) -> list[str] | None:
     expected = fixture.get("expected")
     ids = expected.get(hook) if isinstance(expected, dict) else None
     return [str(i) for i in ids] if isinstance(ids, list) else None
-
-
-def keys_new(args: argparse.Namespace) -> int:
-    kid = args.kid or f"ivig-cds-client-{uuid.uuid4().hex[:8]}"
-    out_path = Path(args.out)
-    private_pem, jwk = new_key_pair(args.alg, kid)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
-    try:
-        descriptor = os.open(out_path, flags, 0o600)
-    except FileExistsError:
-        print(f"error: {out_path} exists; choose another --out or pass --force to replace it",
-              file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"error: cannot write {out_path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    with os.fdopen(descriptor, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # also when --force replaced a file with wider permissions
-        handle.write(private_pem)
-
-    jwks = {"keys": [jwk]}
-    issuer: dict[str, Any] = {"jwks": jwks}
-    if args.jku:
-        issuer["jku_allow"] = [args.jku]
-    trusted = {args.iss: issuer}
-    if args.json:
-        print(json.dumps({"key_file": str(out_path), "alg": args.alg, "kid": kid, "iss": args.iss,
-                          "jwks": jwks, "trusted_issuers": trusted}, indent=2))
-        return EXIT_OK
-    jku_option = f" --jku {args.jku}" if args.jku else ""
-    print(f"Private key ({args.alg}, kid {kid}) written to {out_path} (mode 0600). Keep it secret.\n")
-    print("JWKS — publish it at your jku URL, or hand it to the CDS service's operator:")
-    print(json.dumps(jwks, indent=2))
-    print("\nTRUSTED_ISSUERS for the CDS service (CDS_TRUSTED_ISSUERS: this inline JSON, or a file path):")
-    print(json.dumps(trusted, separators=(",", ":")))
-    print("\nFire a signed request:")
-    print(f"  cds-service fire --url BASE --fixture pl7-ro52-rpild --jwt-key {out_path} "
-          f"--iss {args.iss} --kid {kid} --alg {args.alg}{jku_option}")
-    return EXIT_OK
-
-
-def add_commands(subparsers: Any) -> None:
-    """``fire`` and ``keys new`` on the ``cds-service`` CLI."""
-    fire_parser = subparsers.add_parser(
-        "fire", help="send a fixture patient's hook request to a CDS service and print the cards",
-        description="Act as a CDS client: discover BASE/cds-services, send a fixture patient's request for "
-                    "--hook (prefetch filled for the discovered templates), validate the response and print "
-                    "the cards.",
-        epilog="Exit codes: 0 valid response; 1 protocol error (wrong status, not JSON, schema violation, "
-               "not a CDS service); 2 usage error; 3 service unreachable.")
-    fire_parser.add_argument("--url", metavar="BASE", help="base URL of the CDS service (the part before "
-                             "/cds-services), e.g. http://127.0.0.1:8080")
-    fire_parser.add_argument("--fixture", metavar="NAME", help="fixture file name without .json (see --list)")
-    fire_parser.add_argument("--list", action="store_true", help="list the fixtures and exit")
-    fire_parser.add_argument("--hook", choices=HOOKS, default="order-select")
-    fire_parser.add_argument("--service-id", metavar="ID", help="call this service id (default: the first "
-                             "service discovered for --hook)")
-    fire_parser.add_argument("--no-prefetch", action="store_true",
-                             help="send no prefetch: the service must query --fhir-server itself")
-    fire_parser.add_argument("--fhir-server", metavar="URL", help="fhirServer to put in the request")
-    fire_parser.add_argument("--jwt-key", metavar="PEM", help="sign requests with this private key "
-                             "(make one with `cds-service keys new`)")
-    fire_parser.add_argument("--iss", help="JWT issuer (with --jwt-key)")
-    fire_parser.add_argument("--kid", help="JWT key id (with --jwt-key)")
-    fire_parser.add_argument("--alg", choices=ALGORITHMS, help="JWT algorithm (default: from the key type)")
-    fire_parser.add_argument("--jku", metavar="URL", help="jku header: where the service may fetch the JWKS")
-    fire_parser.add_argument("--json", action="store_true", help="print the validated response JSON only")
-    fire_parser.add_argument("--check", action="store_true",
-                             help="exit 1 when the card ids differ from the fixture's expected ids")
-    fire_parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                             help=f"per-request timeout (default {DEFAULT_TIMEOUT_S:g})")
-    fire_parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                             help="colour the cards (default: when stdout is a terminal)")
-    fire_parser.add_argument("--fixtures-dir", metavar="DIR",
-                             help="fixtures directory (default: CDS_FIXTURES_DIR or the project's fixtures/)")
-    fire_parser.set_defaults(func=fire)
-
-    keys_parser = subparsers.add_parser("keys", help="CDS client signing keys")
-    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
-    new_parser = keys_sub.add_parser(
-        "new", help="make a client key pair; print its JWKS and a TRUSTED_ISSUERS entry",
-        description="Write a new private key (mode 0600) and print the public JWKS and the TRUSTED_ISSUERS "
-                    "entry a CDS service needs to trust requests signed with it.")
-    new_parser.add_argument("--alg", choices=ALGORITHMS, default="ES384")
-    new_parser.add_argument("--kid", help="key id (default: a random one)")
-    new_parser.add_argument("--out", default=DEFAULT_KEY_FILE, metavar="PEM",
-                            help=f"private key file to write (default {DEFAULT_KEY_FILE})")
-    new_parser.add_argument("--iss", default=DEFAULT_ISS, help=f"issuer for the TRUSTED_ISSUERS entry "
-                            f"(default {DEFAULT_ISS}; use your client's own)")
-    new_parser.add_argument("--jku", metavar="URL",
-                            help="also allow this jku URL in the TRUSTED_ISSUERS entry")
-    new_parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    new_parser.add_argument("--json", action="store_true", help="print one JSON object (key_file, alg, kid, "
-                            "iss, jwks, trusted_issuers)")
-    new_parser.set_defaults(func=keys_new)

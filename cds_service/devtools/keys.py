@@ -1,19 +1,28 @@
-"""Minting CDS client JWTs: what a CDS client (the EHR) does before it calls us.
+"""CDS client keys and JWTs: what a CDS client (the EHR) does before it calls us.
 
-Used by the tests, the demo page and ``cds-service fire``; the service itself only
-verifies tokens (``security.py``).  Keys are asymmetric only, as CDS Hooks 2.0 requires.
+``new_key_pair`` / ``public_jwk`` / ``mint_token`` are used by the tests, the demo page and
+``cds-service fire``; ``keys_new`` is ``cds-service keys new`` (its options are in ``cli.py``).
+The service itself only verifies tokens (``http/auth``).  Keys are asymmetric only, as CDS
+Hooks 2.0 requires.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from cds_service.devtools import EXIT_OK, EXIT_USAGE
 
 _EC_CURVES: dict[str, ec.EllipticCurve] = {
     "ES256": ec.SECP256R1(),
@@ -22,6 +31,11 @@ _EC_CURVES: dict[str, ec.EllipticCurve] = {
     "ES512": ec.SECP521R1(),
 }
 _RSA_KEY_BITS = 2048
+
+# What ``cds-service keys new`` and ``fire --alg`` offer: the algorithms CDS Hooks 2.0 names.
+ALGORITHMS = ("ES384", "RS384")
+DEFAULT_KEY_FILE = "cds-client-key.pem"
+DEFAULT_ISS = "https://cds-client.example.org"
 
 
 def new_key_pair(alg: str, kid: str) -> tuple[bytes, dict[str, Any]]:
@@ -101,3 +115,43 @@ def mint_token(
     # PyJWT drops a falsy ``typ``; the other None-valued headers are left out here.
     headers = {name: value for name, value in headers.items() if value is not None or name == "typ"}
     return jwt.encode(claims, private_pem, algorithm=alg, headers=headers)
+
+
+def keys_new(args: argparse.Namespace) -> int:
+    """``cds-service keys new``: write a private key (mode 0600); print its JWKS and TRUSTED_ISSUERS entry."""
+    kid = args.kid or f"ivig-cds-client-{uuid.uuid4().hex[:8]}"
+    out_path = Path(args.out)
+    private_pem, jwk = new_key_pair(args.alg, kid)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
+    try:
+        descriptor = os.open(out_path, flags, 0o600)
+    except FileExistsError:
+        print(f"error: {out_path} exists; choose another --out or pass --force to replace it",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot write {out_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # also when --force replaced a file with wider permissions
+        handle.write(private_pem)
+
+    jwks = {"keys": [jwk]}
+    issuer: dict[str, Any] = {"jwks": jwks}
+    if args.jku:
+        issuer["jku_allow"] = [args.jku]
+    trusted = {args.iss: issuer}
+    if args.json:
+        print(json.dumps({"key_file": str(out_path), "alg": args.alg, "kid": kid, "iss": args.iss,
+                          "jwks": jwks, "trusted_issuers": trusted}, indent=2))
+        return EXIT_OK
+    jku_option = f" --jku {args.jku}" if args.jku else ""
+    print(f"Private key ({args.alg}, kid {kid}) written to {out_path} (mode 0600). Keep it secret.\n")
+    print("JWKS — publish it at your jku URL, or hand it to the CDS service's operator:")
+    print(json.dumps(jwks, indent=2))
+    print("\nTRUSTED_ISSUERS for the CDS service (CDS_TRUSTED_ISSUERS: this inline JSON, or a file path):")
+    print(json.dumps(trusted, separators=(",", ":")))
+    print("\nFire a signed request:")
+    print(f"  cds-service fire --url BASE --fixture pl7-ro52-rpild --jwt-key {out_path} "
+          f"--iss {args.iss} --kid {kid} --alg {args.alg}{jku_option}")
+    return EXIT_OK

@@ -51,8 +51,6 @@ class Runtime:
             audit_key = secrets.token_bytes(32)
             log.warning("CDS_AUDIT_KEY is not set: patient ids in audit rows are keyed per process "
                         "and cannot be linked across restarts or replicas")
-        limits = Limits(max_depth=settings.MAX_JSON_DEPTH, max_prefetch_resources=settings.MAX_PREFETCH_RESOURCES,
-                        max_draft_orders=settings.MAX_DRAFT_ORDERS, max_string_length=settings.MAX_STRING_LENGTH,
-                        max_feedback_items=settings.MAX_FEEDBACK_ITEMS)
+        limits = Limits.from_settings(settings)
         return cls(settings, terminology, catalog, build_services(terminology), store,
                    FhirClient.from_settings(settings), audit_key, limits, FactReader(terminology), Renderer(catalog))

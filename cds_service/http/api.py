@@ -1,4 +1,8 @@
-"""The HTTP surface: discovery, hook endpoints, feedback, health."""
+"""The CDS Hooks HTTP surface (Flask views, HTTP only): discovery, hook calls, feedback, health.
+
+Each view authenticates with the app's verifier (``http/auth``), parses with ``protocol`` and hands
+the work to the engine's runtime; errors are raised and answered by ``http/app.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import pipeline
-from cds_service.engine.runtime import Runtime
 from cds_service.engine.store import AuditRecord
-from cds_service.errors import CdsError, NotFound, Unauthorized
+from cds_service.errors import CdsError, NotFound
+from cds_service.http.context import base_url, runtime, verifier
 from cds_service.logs import mark_sensitive
 from cds_service.protocol import check_content_type, parse_feedback, parse_json, parse_request
 
@@ -21,29 +25,11 @@ log = logging.getLogger("cds_service.http.api")
 bp = Blueprint("cds", __name__)
 
 
-def runtime() -> Runtime:
-    rt: Runtime = current_app.extensions["cds_runtime"]
-    return rt
-
-
-def base_url() -> str:
-    """The base URL clients use: PUBLIC_BASE_URL when set (never the Host header behind a proxy)."""
-    configured = runtime().settings.base_url
-    return configured or request.url_root.rstrip("/")
-
-
 def authenticate() -> str | None:
-    """Verify the CDS client's JWT for this endpoint; the client's ``iss`` (None when AUTH=off)."""
-    rt = runtime()
-    if rt.settings.AUTH == "off":
-        return None
-    verifier = current_app.extensions.get("cds_verifier")
-    if verifier is None:
-        raise Unauthorized("no trusted issuers configured")
-    client = verifier.verify(request.headers.get("Authorization"), base_url() + request.path)
-    iss: str = client.iss
-    g.client_iss = iss
-    return iss
+    """The calling client's ``iss`` for this endpoint (None for the anonymous client of ``AUTH=off``);
+    ``errors.Unauthorized`` when the verifier refuses the call."""
+    client = verifier().verify(request.headers.get("Authorization"), base_url() + request.path)
+    return client.iss or None
 
 
 def read_json() -> Any:

@@ -1,4 +1,5 @@
-"""``create_app``: settings, blueprints, error handlers, CORS, security headers."""
+"""``create_app``: the Flask app factory — settings, runtime, client verifier, blueprints, the one
+error handler (``errors.ERROR_CODES`` for the service's errors and werkzeug's), CORS, security headers."""
 
 from __future__ import annotations
 
@@ -13,16 +14,14 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine.runtime import Runtime
-from cds_service.errors import CdsError
+from cds_service.errors import CdsError, InternalError, error_for_status
+from cds_service.http import context
+from cds_service.http.auth import build_verifier
 from cds_service.ids import new_request_id
 from cds_service.logs import clear_sensitive, configure_logging, mark_sensitive
 from cds_service.settings import Settings, load_settings
 
 log = logging.getLogger("cds_service.http.app")
-
-_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-               429: "too_many_requests"}
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,17 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.extensions["cds_settings"] = settings
-    app.extensions["cds_runtime"] = Runtime.build(settings)
-    if settings.AUTH == "off":
-        log.warning("*** CLIENT AUTHENTICATION IS OFF (AUTH=off): any caller can use this service. "
-                    "Development and tests only. ***")
-    else:
-        from cds_service.http.auth import ClientVerifier
-
-        app.extensions["cds_verifier"] = ClientVerifier(settings) if settings.TRUSTED_ISSUERS else None
-        if not settings.TRUSTED_ISSUERS:
-            log.warning("AUTH=jwt but no TRUSTED_ISSUERS configured: every CDS call will be refused (401)")
+    context.install(app, Runtime.build(settings), build_verifier(settings))
 
     if settings.cors_origins:
         origins: Any = "*" if "*" in settings.cors_origins else settings.cors_origins
@@ -81,33 +70,37 @@ def _tune_garbage_collector() -> None:
         gc.set_threshold(50_000, max(threshold[1], 20), max(threshold[2], 100))
 
 
+def _error_response(error: CdsError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    return response
+
+
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(CdsError)
     def cds_error(exc: CdsError) -> Response:
         if exc.status == 401:
             log.info("401 on %s: %s", request.path, exc.detail or "unauthorized")
-        response = jsonify(exc.body())
-        response.status_code = exc.status
-        return response
+        return _error_response(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        """werkzeug's errors (routing, body size) answered like the service's own."""
         status = exc.code or 500
         detail = exc.description or ""
+        valid_methods = list(getattr(exc, "valid_methods", None) or [])
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body larger than {limit} bytes"
         elif status == 405:
-            allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
             detail = f"{request.method} is not allowed on {request.path}"
-            if allowed:
-                detail += f"; use {allowed}"
+            if valid_methods:
+                detail += f"; use {', '.join(sorted(valid_methods))}"
         elif status == 404:
             detail = f"no resource at {request.path[:200]}"
-        response = jsonify({"error": _HTTP_CODES.get(status, "http_error"), "detail": detail})
-        response.status_code = status
-        if status == 405 and getattr(exc, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
+        response = _error_response(error_for_status(status, detail))
+        if status == 405 and valid_methods:
+            response.headers["Allow"] = ", ".join(valid_methods)
         return response
 
     @app.errorhandler(Exception)
@@ -118,10 +111,7 @@ def _register_errors(app: Flask) -> None:
         stack = "".join(traceback.format_tb(exc.__traceback__))
         log.error("unexpected error handling request %s (%s)\nTraceback (most recent call last):\n%s",
                   request_id, type(exc).__name__, stack.rstrip())
-        response = jsonify({"error": "internal_error",
-                            "detail": f"unexpected server error; quote request id {request_id}"})
-        response.status_code = 500
-        return response
+        return _error_response(InternalError(f"unexpected server error; quote request id {request_id}"))
 
 
 def _register_headers(app: Flask, settings: Settings) -> None:

@@ -3,8 +3,8 @@
 Built from the very JSON Schemas the service validates with (``protocol/schemas/*.json``), so the
 document cannot drift from the code: each schema file is embedded whole under
 ``components/schemas`` (its ``$defs`` included) and its local ``$ref``s are rewritten to point at
-the embedded copy.  Service ids come from the running app; the bearer-JWT security scheme is
-declared only when client authentication is on (``AUTH=jwt``).
+the embedded copy.  Service ids come from the running app; the security scheme is the one the app's
+client verifier enforces (``http/auth``: the bearer JWT, or none for ``AUTH=off``).
 
 The document is built once per app and cached; only ``servers`` is per request (``PUBLIC_BASE_URL``
 when set, else the request's root URL).
@@ -16,10 +16,11 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from cds_service import __version__
 from cds_service.engine.runtime import Runtime
+from cds_service.http import context
 from cds_service.protocol.schema import load_schema
 
 bp = Blueprint("openapi", __name__)
@@ -219,10 +220,11 @@ def _errors(*statuses: int, auth: bool) -> JsonObject:
 
 # -- the document ---------------------------------------------------------------------------
 
-def build_document(runtime: Runtime) -> JsonObject:
-    """The OpenAPI 3.1 document for ``runtime`` (without ``servers``, which is per request)."""
+def build_document(runtime: Runtime, security_scheme: Mapping[str, Any] | None) -> JsonObject:
+    """The OpenAPI 3.1 document for ``runtime`` (without ``servers``, which is per request), with
+    ``security_scheme`` (what the client verifier enforces; None: no authentication)."""
     settings = runtime.settings
-    auth = settings.AUTH != "off"
+    auth = security_scheme is not None
     service_ids = sorted(runtime.services)
     hooks = sorted({s.hook for s in runtime.services.values()})
 
@@ -320,16 +322,8 @@ def build_document(runtime: Runtime) -> JsonObject:
     }
 
     components: JsonObject = {"schemas": schemas}
-    if auth:
-        components["securitySchemes"] = {
-            SECURITY_SCHEME: {
-                "type": "http",
-                "scheme": "bearer",
-                "bearerFormat": "JWT",
-                "description": "CDS Hooks 2.0 client JWT (asymmetrically signed; iss a trusted "
-                               "issuer, aud the URL of the endpoint called, short-lived, unique jti).",
-            },
-        }
+    if security_scheme is not None:
+        components["securitySchemes"] = {SECURITY_SCHEME: dict(security_scheme)}
 
     document: JsonObject = {
         "openapi": "3.1.0",
@@ -352,10 +346,11 @@ def build_document(runtime: Runtime) -> JsonObject:
 
 
 def openapi_document(app: Flask, server_url: str) -> JsonObject:
-    """The app's document (built on first use, then cached) with ``servers`` = ``server_url``."""
+    """The app's document (built on first use, then cached) with ``servers`` = ``server_url``;
+    called inside one of ``app``'s requests."""
     cached: JsonObject | None = app.extensions.get(_CACHE_KEY)
     if cached is None:
-        cached = build_document(app.extensions["cds_runtime"])
+        cached = build_document(context.runtime(), context.verifier().security_scheme)
         app.extensions[_CACHE_KEY] = cached
     document: JsonObject = {}
     for key, value in cached.items():
@@ -367,7 +362,6 @@ def openapi_document(app: Flask, server_url: str) -> JsonObject:
 
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    runtime: Runtime = current_app.extensions["cds_runtime"]
-    server_url = runtime.settings.base_url or request.url_root.rstrip("/")
+    server_url = context.base_url()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     return jsonify(openapi_document(app, server_url))

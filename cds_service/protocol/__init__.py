@@ -7,11 +7,18 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from cds_service.errors import BadRequest, UnsupportedMediaType
+from cds_service.protocol.card import INDICATOR_ORDER as INDICATOR_ORDER  # noqa: F401 (one definition, in card.py)
 from cds_service.protocol.schema import first_error
+
+if TYPE_CHECKING:
+    from cds_service.settings import Settings
+
+# The CDS Hooks this service answers (one service per hook).
+HOOKS = ("order-select", "order-sign")
 
 _JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]*\+)?json$")
 
@@ -23,6 +30,13 @@ class Limits:
     max_draft_orders: int = 200
     max_string_length: int = 1_000_000
     max_feedback_items: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The request limits configured in ``settings`` (the ``MAX_*`` settings)."""
+        return cls(max_depth=settings.MAX_JSON_DEPTH, max_prefetch_resources=settings.MAX_PREFETCH_RESOURCES,
+                   max_draft_orders=settings.MAX_DRAFT_ORDERS, max_string_length=settings.MAX_STRING_LENGTH,
+                   max_feedback_items=settings.MAX_FEEDBACK_ITEMS)
 
 
 @dataclass

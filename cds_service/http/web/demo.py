@@ -30,24 +30,18 @@ from cds_service.clinical import facts as clinical_facts
 from cds_service.clinical import matching as clinical_matching
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
 from cds_service.engine import pipeline
-from cds_service.engine.runtime import Runtime
 from cds_service.engine.services import ServiceDefinition
 from cds_service.errors import BadRequest, NotFound
+from cds_service.http.context import runtime as _runtime
 from cds_service.http.web.markdown import render_markdown
-from cds_service.protocol import parse_json, parse_request
+from cds_service.protocol import HOOKS, parse_json, parse_request
 
 bp = Blueprint("demo", __name__, url_prefix="/demo", template_folder="templates",
                static_folder="static", static_url_path="/static")
 
-HOOKS = ("order-select", "order-sign")
 DEFAULT_FIXTURE = "pl7-ro52-rpild"
 _MAX_MARKDOWN_CHARS = 200_000
 _MAX_TEMPLATES = 100
-
-
-def _runtime() -> Runtime:
-    rt: Runtime = current_app.extensions["cds_runtime"]
-    return rt
 
 
 def _fixtures_dir() -> Path:

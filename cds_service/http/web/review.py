@@ -1,28 +1,23 @@
-"""Review pages for compliance reviewers: every card's exact text, status, approval and codes."""
+"""Review pages for compliance reviewers (``/review``): every card's exact text, status, approval and codes."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
 
 from cds_service.authoring import review_packet
-from cds_service.engine.runtime import Runtime
 from cds_service.errors import NotFound
+from cds_service.http.context import runtime
 from cds_service.http.web.markdown import render_markdown
 
 bp = Blueprint("review", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 
 
-def _runtime() -> Runtime:
-    rt: Runtime = current_app.extensions["cds_runtime"]
-    return rt
-
-
 def _packet() -> dict[str, Any]:
-    rt = _runtime()
+    rt = runtime()
     return review_packet(rt.catalog, rt.settings.FIXTURES_DIR, today=datetime.now(UTC).date())
 
 
