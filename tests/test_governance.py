@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flask import Flask
+from jsonschema import Draft202012Validator
 from markupsafe import escape
 
+from cds_service import create_app
 from cds_service.authoring import (
     ERROR,
     INFO,
@@ -29,10 +32,13 @@ from cds_service.authoring import (
     report_rows,
     with_approval,
 )
+from cds_service.authoring.front_matter import front_matter_schema
 from cds_service.cli import main
+from cds_service.clinical import facts
 from cds_service.devtools.fixtures import build_request, load_fixture
-from cds_service.engine.content import Catalog
+from cds_service.engine.content import INDICATORS, STATUSES, Catalog, split_front_matter
 from cds_service.engine.store import AuditRecord, Store
+from cds_service.protocol import Limits, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"
@@ -89,8 +95,6 @@ def set_key(path: Path, key: str, value: str) -> None:
 
 
 def front_matter(path: Path) -> dict[str, Any]:
-    from cds_service.engine.content import split_front_matter
-
     meta, _ = split_front_matter(path.read_text(encoding="utf-8"), path.name)
     return meta
 
@@ -323,6 +327,51 @@ def test_warnings_do_not_fail_the_check(content: tuple[Path, Path]) -> None:
             ("review-overdue", "ild-monitoring.md")} <= warned
 
 
+def test_front_matter_schema_is_draft_2020_12_and_speaks_the_engines_vocabulary() -> None:
+    schema = front_matter_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+    # The values the catalogue serves by are the values the schema allows: they cannot drift apart.
+    assert tuple(schema["properties"]["status"]["enum"]) == STATUSES
+    assert tuple(schema["$defs"]["indicator"]["enum"]) == INDICATORS
+
+
+def test_front_matter_problems_name_the_file_the_field_and_the_fault(content: tuple[Path, Path]) -> None:
+    cards, fixtures = content
+    path = cards / "ivig-safety.md"
+    _bad_status(cards)
+    _missing_owner(cards)
+    _bad_date(cards)
+    edit(path, "developer:", "ownr: someone\ndeveloper:")
+    set_key(path, "citations", "[]")
+    edit(path, "- {code: risk-reviewed-benefit-outweighs, ", "- {code: Risk Reviewed, ")
+    problems = [p for p in check(cards, fixtures) if p.file == "ivig-safety.md"]
+    shown = {(p.severity, p.kind, p.message) for p in problems}
+    assert (ERROR, "front-matter", "`status` must be one of draft, submitted, under-review, approved, retired, "
+            "not 'published'") in shown
+    assert (ERROR, "front-matter", "`owner` is required") in shown
+    assert (ERROR, "front-matter", "`next_review_due` must be a date (YYYY-MM-DD), not 'next spring'") in shown
+    assert (WARNING, "front-matter", "unknown front matter key `ownr` (a typo?)") in shown
+    assert (WARNING, "front-matter", "`citations` is empty") in shown
+    assert (WARNING, "override-reasons",
+            "`override_reasons[0].code` 'Risk Reviewed': use lower-case letters, digits and '-'") in shown
+    # One message per field, not one per failed keyword.
+    assert sum("`status`" in p.message for p in problems) == 1
+
+
+def test_front_matter_shape_errors_in_nested_blocks(content: tuple[Path, Path]) -> None:
+    cards, fixtures = content
+    edit(cards / "ild-monitoring.md", "is_recommended: false", "is_recommended: maybe")
+    edit(cards / "ild-monitoring.md", "      - type: create", "      - type: replace")
+    _bad_approval_block(cards)
+    found = {(p.file, p.kind, p.message) for p in errors(check(cards, fixtures))}
+    assert ("ild-monitoring.md", "suggestion", "`suggestions[0].is_recommended` must be true or false") in found
+    assert ("ild-monitoring.md", "suggestion",
+            "`suggestions[0].actions[0].type` must be one of create, update, delete") in found
+    assert ("ivig-safety.md", "approval", "`approval.content_hash` is required") in found
+    assert ("ivig-safety.md", "approval", "`approval.date` is required") in found
+
+
 # --------------------------------------------------------------------------------------------------
 # cards approve
 # --------------------------------------------------------------------------------------------------
@@ -413,8 +462,6 @@ def test_with_approval_inserts_status_and_handles_crlf() -> None:
     out = with_approval(text, 'Dr "Quote"', date(2026, 1, 2), "a" * 64)
     assert "\r\nstatus: approved\r\n" in out and out.endswith("Body\r\n")
     assert 'reviewer: "Dr \\"Quote\\""' in out
-    from cds_service.engine.content import split_front_matter
-
     meta, body = split_front_matter(out)
     assert meta["status"] == "approved" and meta["approval"]["reviewer"] == 'Dr "Quote"'
     assert meta["title"] == "T" and body.strip() == "Body"
@@ -440,8 +487,6 @@ def policy_app(content: tuple[Path, Path], tmp_path: Path,
     made: list[Flask] = []
 
     def factory(policy: str = "approved-only") -> Flask:
-        from cds_service import create_app
-
         app = create_app({"AUTH": "off", "CONTENT_POLICY": policy, "CARDS_DIR": str(cards),
                           "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
         made.append(app)
@@ -691,8 +736,6 @@ def test_committed_fixture_requests_match_a_fresh_build() -> None:
 
 
 def test_fixture_requests_are_deterministic_full_requests(tmp_path: Path) -> None:
-    from cds_service.protocol import Limits, parse_request
-
     first = fixture_requests(FIXTURES)
     assert first == fixture_requests(FIXTURES)
     request = json.loads(first[f"{DEMO_FIXTURE}.order-select.json"])
@@ -713,10 +756,6 @@ def test_fixture_requests_are_deterministic_full_requests(tmp_path: Path) -> Non
 def test_scope_value_sets_are_in_every_cards_hash() -> None:
     """Every value set the order scope and clinical scope read is listed in _shared.yaml's
     scope_valuesets, so changing what counts as IVIG (or who is in scope) voids every approval."""
-    import yaml
-
-    from cds_service.clinical import facts, orders  # noqa: F401 - the modules whose sets are checked
-
     shared = yaml.safe_load((Path(__file__).resolve().parent.parent / "cards" / "_shared.yaml").read_text())
     scope = set(shared["scope_valuesets"])
     used_by_scope = {"medication-ivig", "medication-ig-not-ivig", "route-subcutaneous", "route-intramuscular",
