@@ -44,6 +44,7 @@ from redis.retry import Retry
 
 from cds_service.errors import Unauthorized
 from cds_service.settings import Settings, SettingsError
+from cds_service.urls import allowed as url_allowed
 
 logger = logging.getLogger("cds_service.http.auth")
 
@@ -312,7 +313,7 @@ class TrustedIssuer:
     tenants: frozenset[str] | None = None  # None: the tenant claim is not checked
 
     def allows_jku(self, jku: str) -> bool:
-        return _is_fetchable_url(jku) and any(jku.startswith(prefix) for prefix in self.jku_allow)
+        return url_allowed(jku, self.jku_allow, wildcard=False)  # one strict check: cds_service/urls.py
 
 
 def load_trusted_issuers(value: str) -> dict[str, TrustedIssuer]:
