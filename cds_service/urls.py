@@ -36,17 +36,25 @@ ANY = "*"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Origin = tuple[str, str, int]
 
-_ALLOWED_CHARS = re.compile(r"^[\x21-\x7e]+$")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_ALLOWED_CHARS = re.compile(r"[\x21-\x7e]+")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
 _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
 _DECODE_ROUNDS = 4  # %25252e... deeper than this is refused outright
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
-# Ranges ``ipaddress``'s flags miss or that hide an IPv4 address inside an IPv6 one.
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Special-purpose ranges (RFC 6890 and successors) spelt out, so the answer does not depend on
+# which Python patch release's ``is_global`` is running; ``is_global`` then catches the rest.
+_INTERNAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/96", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10",
+    "fec0::/10", "ff00::/8",
+))
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64).
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-# Cloud addresses outside the private ranges that answer only from inside a VM.
+# Cloud addresses outside the ranges above that answer only from inside a VM (Azure WireServer).
 _METADATA = frozenset({ipaddress.ip_address("168.63.129.16")})
 
 
@@ -68,7 +76,7 @@ class Url:
 
 def parse(url: object) -> Url | None:
     """``url`` checked and normalised (the rules in the module docstring), or None."""
-    if not isinstance(url, str) or not _ALLOWED_CHARS.match(url) or "#" in url:
+    if not isinstance(url, str) or not _ALLOWED_CHARS.fullmatch(url) or "#" in url:
         return None
     try:
         parts = urlsplit(url)
@@ -102,9 +110,9 @@ def _host(netloc: str) -> tuple[str | None, IPAddress | None]:
         return str(ip6), ip6
     host = host.rsplit(":", 1)[0] if ":" in host else host
     labels = host.split(".")
-    if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+    if not host or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
         return None, None
-    if _NUMERIC_LABEL.match(labels[-1]):
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
         # Only the canonical dotted quad: "127.1", "0x7f.0.0.1" or "2130706433" reach 127.0.0.1
         # through inet_aton while looking like names to a prefix match.
         try:
@@ -214,9 +222,7 @@ def is_internal(ip: IPAddress) -> bool:
             return is_internal(ip.sixtofour)
         if any(ip in net for net in _NAT64):
             return is_internal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        if ip.is_site_local:
-            return True
-    elif ip in _CGNAT:
+    if any(ip in net for net in _INTERNAL_NETWORKS if net.version == ip.version):
         return True
     return (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
             or ip.is_unspecified or ip.is_reserved or ip in _METADATA)

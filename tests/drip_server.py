@@ -12,7 +12,6 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Any
 
 
 class Listener:
@@ -68,12 +67,19 @@ class Listener:
 
 
 class DripServer(Listener):
-    """Answers each HTTP request with headers, then one byte every ``interval`` seconds."""
+    """Answers each HTTP request with headers, then one byte every ``interval`` seconds.
 
-    def __init__(self, *, interval: float = 0.5, drip_headers: bool = False) -> None:
+    ``drip_headers=True`` drips the status line and headers too; ``payload`` drips those bytes
+    straight after the connection is accepted, without reading a request (a TLS handshake that
+    never ends: a TLS record header announcing 16 kB, then the bytes one by one).
+    """
+
+    def __init__(self, *, interval: float = 0.5, drip_headers: bool = False,
+                 payload: bytes | None = None) -> None:
         super().__init__()
         self.interval = interval
         self.drip_headers = drip_headers
+        self.payload = payload
         self.open_connections = 0
         self.most_open = 0
         self.bytes_sent = 0
@@ -87,6 +93,9 @@ class DripServer(Listener):
             self.open_connections += 1
             self.most_open = max(self.most_open, self.open_connections)
         try:
+            if self.payload is not None:
+                self._drip(conn, self.payload)
+                return
             conn.settimeout(0.1)
             request = b""
             while b"\r\n\r\n" not in request and not self._stopping.is_set():
@@ -99,23 +108,26 @@ class DripServer(Listener):
                 request += data
             head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
                     b"Content-Length: 100000\r\n\r\n")
-            if not self.drip_headers:
-                conn.sendall(head)
-                payload = b'{"resourceType": "Bundle", "entry": [' + b" " * 100_000
+            body = b'{"resourceType": "Bundle", "entry": [' + b" " * 100_000
+            if self.drip_headers:
+                self._drip(conn, head + body)
             else:
-                payload = head
-            for index in range(len(payload)):
-                if self._stopping.wait(self.interval):
-                    return
-                conn.sendall(payload[index:index + 1])
-                with self._lock:
-                    self.bytes_sent += 1
+                conn.sendall(head)
+                self._drip(conn, body)
         except OSError:
             return  # the client gave up: expected
         finally:
             with self._lock:
                 self.open_connections -= 1
             conn.close()
+
+    def _drip(self, conn: socket.socket, data: bytes) -> None:
+        for index in range(len(data)):
+            if self._stopping.wait(self.interval):
+                return
+            conn.sendall(data[index:index + 1])
+            with self._lock:
+                self.bytes_sent += 1
 
     def wait_closed(self, timeout: float) -> bool:
         """True when every connection has been closed by the client within ``timeout`` seconds."""
@@ -127,6 +139,3 @@ class DripServer(Listener):
             time.sleep(0.02)
         return False
 
-
-def stats(server: DripServer) -> dict[str, Any]:
-    return {"accepted": server.accepted, "open": server.open_connections, "most_open": server.most_open}

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin
 
 import requests
+import urllib3
 from requests.cookies import RequestsCookieJar
 
 from cds_service.engine.fhir.transport import GuardedAdapter, Reaper, watch
@@ -54,6 +55,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # application/json, application/fhir+json, application/json+fhir (DSTU2 servers), any */*+json.
 _JSON_MEDIA = re.compile(r"^application/(json|fhir\+json|json\+fhir|[a-z0-9.+-]+\+json)$")
 _CHUNK_BYTES = 64 * 1024
+# A socket timeout set to exactly the time left may fire a hair before the monotonic deadline.
+_CLOCK_SLACK_S = 0.005
 
 T = TypeVar("T")
 
@@ -262,11 +265,8 @@ class FhirClient:
         try:
             return session.get(url, headers=headers, timeout=(wait, wait), stream=True,
                                allow_redirects=False)
-        except requests.Timeout:
-            raise FhirError("timeout") from None
-        except requests.ConnectionError:
-            # requests reports some timeouts as connection errors; the clock tells them apart.
-            raise FhirError("timeout" if time.monotonic() >= deadline else "connection failed") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _failure(exc, deadline) from None
         except requests.RequestException:
             raise FhirError("request failed") from None
 
@@ -284,11 +284,28 @@ class FhirClient:
                     raise FhirError("response too large")
                 if time.monotonic() > deadline:
                     raise FhirError("timeout")
-        except requests.RequestException:
-            raise FhirError("timeout" if time.monotonic() >= deadline else "connection failed") from None
+        except requests.RequestException as exc:
+            raise _failure(exc, deadline) from None
         if time.monotonic() >= deadline:
             raise FhirError("timeout")  # cut at the deadline: what was read may be a truncated body
         return bytes(body)
+
+
+def _failure(exc: BaseException, deadline: float) -> FhirError:
+    """"timeout" at the deadline, "read timeout" when the server fell silent for longer than the
+    per-read timeout before it, else "connection failed".  requests wraps urllib3's timeouts in
+    several ways (``Timeout``, ``ConnectionError(ReadTimeoutError)``), so the chain is searched."""
+    if time.monotonic() >= deadline - _CLOCK_SLACK_S:
+        return FhirError("timeout")
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+            return FhirError("read timeout")
+        first = seen.args[0] if seen.args else None
+        seen = first if isinstance(first, BaseException) else (seen.__cause__ or seen.__context__)
+    return FhirError("connection failed")
 
 
 def _parse_resource(body: bytes) -> dict[str, Any]:
