@@ -17,6 +17,11 @@ a query is needed but there is no           ``skipped`` (a disallowed server is 
 template has an unresolvable token
 ==========================================  ==========================================================
 
+Under ``FHIR_SERVERS=*`` a server whose name resolves to an internal address (loopback, private,
+link-local, metadata, ...) is refused when the connection is made, before any byte is sent: its
+keys are ``failed`` with reason ``server not allowed`` (an internal IP literal or a local name is
+refused up front and its keys are ``skipped``).
+
 An instance read (``Patient/{{context.patientId}}``) answered 404/410 is ``null``: the server says
 there is no such resource.
 
