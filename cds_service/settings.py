@@ -48,6 +48,7 @@ class Settings:
     # -- FHIR fallback -----------------------------------------------------------------
     FHIR_SERVERS: str = ""  # comma-separated allowed base URL prefixes, or "*" (any https)
     FHIR_DEADLINE_S: float = 2.0
+    FHIR_READ_TIMEOUT_S: float = 1.0
     FHIR_MAX_PAGES: int = 10
     FHIR_MAX_ENTRIES: int = 10_000
     FHIR_MAX_RESPONSE_BYTES: int = 20 * 1024 * 1024
@@ -97,6 +98,8 @@ class Settings:
         for name in ("JWT_CLOCK_SKEW_S", "JWKS_REFRESH_INTERVAL_S"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} may not be negative")
+        if self.FHIR_READ_TIMEOUT_S <= 0:
+            raise SettingsError("FHIR_READ_TIMEOUT_S must be positive")
         for alg in self.jwt_algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise SettingsError(f"JWT_ALGORITHMS may not contain {alg!r} (no 'none', no symmetric algorithms)")
@@ -184,6 +187,8 @@ DESCRIPTIONS: dict[str, str] = {
     "AUDIT_QUEUE_SIZE": "audit records queued for the background writer before new ones are counted as lost",
     "FHIR_SERVERS": "allow-list of FHIR base URL prefixes the service may query, or `*` (any https)",
     "FHIR_DEADLINE_S": "total time budget for FHIR queries in one call (seconds)",
+    "FHIR_READ_TIMEOUT_S": "longest silence allowed from a FHIR server while connecting or reading "
+                           "(seconds); the whole fetch still ends at FHIR_DEADLINE_S",
     "FHIR_MAX_PAGES": "at most this many pages followed per prefetch key",
     "FHIR_MAX_ENTRIES": "at most this many entries read per prefetch key",
     "FHIR_MAX_RESPONSE_BYTES": "FHIR responses larger than this are cut off (the key fails)",

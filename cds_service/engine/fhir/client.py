@@ -1,10 +1,17 @@
-"""A small FHIR REST client: one pooled ``requests.Session``, reads and searches only.
+"""A small FHIR REST client: pooled ``requests`` sessions, reads and searches only.
 
 Safety rules live here so that every caller gets them:
 
-- ``allowed`` decides whether a base URL may be contacted at all (``FHIR_SERVERS``);
+- ``cds_service.urls.allowed`` decides whether a URL may be contacted at all (``FHIR_SERVERS``);
+  a URL admitted only by ``*`` goes through a session that refuses names with any internal
+  address and connects to the address it vetted (``transport``);
 - redirects are never followed automatically: at most ``MAX_REDIRECTS`` hops, each to the same
   origin and still allowed, so a token never leaves the server it was meant for;
+- every fetch ends at its deadline to the byte: each read waits at most ``FHIR_READ_TIMEOUT_S``,
+  and when the deadline passes the connection is shut down under the reading thread
+  (``transport.Reaper``), so a server that drips bytes cannot hold a worker thread;
+- one origin holds at most ``per_origin`` of the pool's threads; its other fetches wait in their
+  own queue, so a slow server cannot delay fetches from any other;
 - responses are streamed and cut off at a size cap; anything that is not a JSON object with a
   ``resourceType`` is an error;
 - the bearer token is passed per request, never stored on the session or the client, and never
@@ -16,43 +23,50 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urljoin
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from requests.cookies import RequestsCookieJar
+
+from cds_service.engine.fhir.transport import GuardedAdapter, Reaper, watch
+from cds_service.urls import ANY, Origin, allowed, allowed_by, origin
 
 if TYPE_CHECKING:
     from cds_service.settings import Settings
 
+__all__ = ["FhirClient", "FhirError", "Origin", "allowed", "origin"]
+
 DEFAULT_POOL_SIZE = 32
 DEFAULT_MAX_RESPONSE_BYTES = 20 * 1024 * 1024
+DEFAULT_READ_TIMEOUT_S = 1.0
 MAX_REDIRECTS = 3
 ACCEPT = "application/fhir+json"
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # application/json, application/fhir+json, application/json+fhir (DSTU2 servers), any */*+json.
 _JSON_MEDIA = re.compile(r"^application/(json|fhir\+json|json\+fhir|[a-z0-9.+-]+\+json)$")
-# Whitespace, control characters and backslashes have no place in a base URL; parsers disagree on them.
-_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 _CHUNK_BYTES = 64 * 1024
+# A socket timeout set to exactly the time left may fire a hair before the monotonic deadline.
+_CLOCK_SLACK_S = 0.005
 
-Origin = tuple[str, str, int]
+T = TypeVar("T")
 
 
 class FhirError(Exception):
     """A FHIR call that produced no usable resource.
 
     ``reason`` is short and fixed ("http 500", "timeout", "non-FHIR response", "response too large",
-    "redirect off server", ...): safe to log, to audit and to show.  ``status`` is the HTTP status
-    when the server answered with an error status.
+    "redirect off server", "server not allowed", ...): safe to log, to audit and to show.  ``status``
+    is the HTTP status when the server answered with an error status.
     """
 
     def __init__(self, reason: str, status: int | None = None) -> None:
@@ -61,121 +75,53 @@ class FhirError(Exception):
         self.status = status
 
 
-# --------------------------------------------------------------------------------------------------
-# Allow-list
-# --------------------------------------------------------------------------------------------------
+def _session(pool_size: int, *, public_only: bool) -> requests.Session:
+    session = requests.Session()
+    # No proxies or .netrc credentials from the environment (netrc auth would replace the bearer
+    # token; a proxy would resolve names where we cannot vet the addresses).
+    session.trust_env = False
+    # The session is shared by every request of every user: a cookie set by a server for one
+    # user's call must never ride along on another's.
+    session.cookies = RequestsCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    session.headers.update({"Accept": ACCEPT})
+    adapter = GuardedAdapter(public_only=public_only, pool_connections=pool_size, pool_maxsize=pool_size,
+                             max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
-def _split(url: str) -> SplitResult | None:
-    """``url`` split, or None when it is not a plain absolute http(s) URL without userinfo."""
-    if not isinstance(url, str) or not url or _UNSAFE_CHARS.search(url):
-        return None
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a malformed port
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc or not parts.hostname:
-        return None
-    if "@" in parts.netloc or parts.fragment:
-        return None
-    if port == 0:
-        return None
-    return parts
-
-
-def origin(url: str) -> Origin | None:
-    """(scheme, host, port) of an http(s) URL, default port filled in; None when not usable."""
-    parts = _split(url)
-    if parts is None or parts.hostname is None:
-        return None
-    scheme = parts.scheme.lower()
-    return scheme, parts.hostname.lower(), parts.port or _DEFAULT_PORTS[scheme]
-
-
-def _path_segments(path: str) -> list[str] | None:
-    """Non-empty path segments, or None when the path has a dot segment (plain or percent-encoded)
-    that a server could resolve to somewhere else."""
-    segments = [s for s in path.split("/") if s]
-    for segment in segments:
-        decoded = unquote(segment)
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
-            return None
-    return segments
-
-
-def allowed(base_url: str, allow_list: Sequence[str]) -> bool:
-    """May ``base_url`` be contacted under ``allow_list`` (the ``FHIR_SERVERS`` entries)?
-
-    - ``*`` allows any ``https`` URL (never plain ``http``);
-    - any other entry is a URL prefix: same scheme, host and port (default ports normalised), and the
-      entry's path is a whole-segment prefix of the URL's path, so ``https://good.example.org`` does
-      not admit ``https://good.example.org.evil.com`` and ``/fhir`` does not admit ``/fhir-admin``;
-    - plain ``http`` only through an entry that names that ``http://`` prefix;
-    - URLs with userinfo (``user@host``), other schemes, fragments, dot segments, whitespace or
-      backslashes are never allowed.  The query string is not part of the match.
-    """
-    target = origin(base_url)
-    if target is None:
-        return False
-    target_segments = _path_segments(urlsplit(base_url).path)
-    if target_segments is None:
-        return False
-    for raw_entry in allow_list:
-        entry = raw_entry.strip()
-        if entry == "*":
-            if target[0] == "https":
-                return True
-            continue
-        entry_origin = origin(entry)
-        if entry_origin is None or entry_origin != target:
-            continue
-        entry_parts = urlsplit(entry)
-        if entry_parts.query:
-            continue  # a prefix with a query string is a configuration mistake: match nothing
-        entry_segments = _path_segments(entry_parts.path)
-        if entry_segments is None:
-            continue
-        if target_segments[: len(entry_segments)] == entry_segments:
-            return True
-    return False
-
-
-# --------------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------------
 
 class FhirClient:
-    """Thread-safe FHIR GET client on one pooled session, with the worker pool ``gather`` uses.
+    """Thread-safe FHIR GET client with the worker pool ``gather`` uses.
 
     Build one per application (``FhirClient.from_settings(settings)``) and ``close()`` it on shutdown.
     """
 
     def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 proxies: dict[str, str] | None = None) -> None:
-        if pool_size <= 0 or max_response_bytes <= 0:
-            raise ValueError("pool_size and max_response_bytes must be positive")
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+                 per_origin: int | None = None) -> None:
+        if pool_size <= 0 or max_response_bytes <= 0 or read_timeout_s <= 0:
+            raise ValueError("pool_size, max_response_bytes and read_timeout_s must be positive")
         self.pool_size = pool_size
         self.max_response_bytes = max_response_bytes
-        session = requests.Session()
-        # No proxies or .netrc credentials from the environment (netrc auth would replace the bearer
-        # token); explicit proxies only.
-        session.trust_env = False
-        if proxies:
-            session.proxies.update(proxies)
-        # The session is shared by every request of every user: a cookie set by a server for one
-        # user's call must never ride along on another's.
-        session.cookies = RequestsCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-        session.headers.update({"Accept": ACCEPT})
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        self._session = session
+        self.read_timeout_s = read_timeout_s
+        # Half the pool: one slow origin leaves the other half to every other server.
+        self.per_origin = max(1, pool_size // 2) if per_origin is None else per_origin
+        if not 1 <= self.per_origin <= pool_size:
+            raise ValueError("per_origin must be between 1 and pool_size")
+        self._session = _session(pool_size, public_only=False)  # URLs an explicit entry admits
+        self._public_session = _session(pool_size, public_only=True)  # URLs only "*" admits
+        self._reaper = Reaper()
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fhir-fetch")
+        self._gate = threading.RLock()
+        self._running: dict[object, int] = {}
+        self._waiting: dict[object, deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = DEFAULT_POOL_SIZE) -> FhirClient:
-        return cls(pool_size=pool_size, max_response_bytes=settings.FHIR_MAX_RESPONSE_BYTES)
+        return cls(pool_size=pool_size, max_response_bytes=settings.FHIR_MAX_RESPONSE_BYTES,
+                   read_timeout_s=settings.FHIR_READ_TIMEOUT_S)
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -184,7 +130,9 @@ class FhirClient:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._reaper.stop()
         self._session.close()
+        self._public_session.close()
 
     def __enter__(self) -> FhirClient:
         return self
@@ -194,7 +142,62 @@ class FhirClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"FhirClient(pool_size={self.pool_size}, max_response_bytes={self.max_response_bytes})"
+        return (f"FhirClient(pool_size={self.pool_size}, per_origin={self.per_origin}, "
+                f"max_response_bytes={self.max_response_bytes}, read_timeout_s={self.read_timeout_s})")
+
+    # ----------------------------------------------------------------------------------------------
+    # Worker pool, at most ``per_origin`` threads per origin
+    # ----------------------------------------------------------------------------------------------
+    def submit(self, key: object, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the pool, counted against ``key`` (the origin it fetches from).
+
+        Beyond ``per_origin`` running jobs for ``key`` the job waits in that key's own queue, never
+        in front of other origins' work.  ``cancel()`` on the returned future drops a waiting job.
+        """
+        future: Future[T] = Future()
+        with self._gate:
+            if self._running.get(key, 0) < self.per_origin:
+                self._running[key] = self._running.get(key, 0) + 1
+                self._start(key, future, fn, args)
+            else:
+                self._waiting.setdefault(key, deque()).append((future, fn, args))
+        return future
+
+    def _start(self, key: object, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._executor.submit(self._work, key, future, fn, args)
+        except RuntimeError as exc:  # the pool is shut down: the client is closed
+            if future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+            self._done(key)  # re-entrant: the caller holds the gate
+
+    def _work(self, key: object, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+        finally:
+            self._done(key)
+
+    def _done(self, key: object) -> None:
+        with self._gate:
+            queue = self._waiting.get(key)
+            while queue:
+                future, fn, args = queue.popleft()
+                if future.cancelled():
+                    continue
+                if not queue:
+                    del self._waiting[key]
+                self._start(key, future, fn, args)
+                return
+            self._waiting.pop(key, None)
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
 
     # ----------------------------------------------------------------------------------------------
     def get(self, url: str, token: str | None, timeout: float, *,
@@ -215,12 +218,25 @@ class FhirClient:
         headers = {"Accept": ACCEPT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        with watch(deadline, self._reaper) as fetch:
+            try:
+                return self._get(url, headers, cap, deadline, start_origin, allow_list)
+            except FhirError:
+                if fetch.refused:
+                    raise FhirError("server not allowed") from None
+                if fetch.fired:
+                    raise FhirError("timeout") from None
+                raise
+
+    def _get(self, url: str, headers: dict[str, str], cap: int, deadline: float, start_origin: Origin,
+             allow_list: Sequence[str] | None) -> dict[str, Any]:
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FhirError("timeout")
-            response = self._send(current, headers, remaining, deadline)
+            public_only = allow_list is not None and allowed_by(current, allow_list) == ANY
+            response = self._send(current, headers, remaining, deadline, public_only)
             with response:
                 status = response.status_code
                 if status in _REDIRECT_STATUSES:
@@ -233,8 +249,6 @@ class FhirClient:
                         raise FhirError("redirect off server")
                     current = target
                     continue
-                if status >= 400:
-                    raise FhirError(f"http {status}", status=status)
                 if not 200 <= status < 300:
                     raise FhirError(f"http {status}", status=status)
                 media = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -244,16 +258,15 @@ class FhirClient:
             return _parse_resource(body)
         raise FhirError("too many redirects")
 
-    def _send(self, url: str, headers: dict[str, str], remaining: float,
-              deadline: float) -> requests.Response:
+    def _send(self, url: str, headers: dict[str, str], remaining: float, deadline: float,
+              public_only: bool) -> requests.Response:
+        session = self._public_session if public_only else self._session
+        wait = min(self.read_timeout_s, remaining)
         try:
-            return self._session.get(url, headers=headers, timeout=(remaining, remaining), stream=True,
-                                     allow_redirects=False)
-        except requests.Timeout:
-            raise FhirError("timeout") from None
-        except requests.ConnectionError:
-            # requests reports some timeouts as connection errors; the clock tells them apart.
-            raise FhirError("timeout" if time.monotonic() >= deadline else "connection failed") from None
+            return session.get(url, headers=headers, timeout=(wait, wait), stream=True,
+                               allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _failure(exc, deadline) from None
         except requests.RequestException:
             raise FhirError("request failed") from None
 
@@ -271,9 +284,28 @@ class FhirClient:
                     raise FhirError("response too large")
                 if time.monotonic() > deadline:
                     raise FhirError("timeout")
-        except requests.RequestException:
-            raise FhirError("timeout" if time.monotonic() >= deadline else "connection failed") from None
+        except requests.RequestException as exc:
+            raise _failure(exc, deadline) from None
+        if time.monotonic() >= deadline:
+            raise FhirError("timeout")  # cut at the deadline: what was read may be a truncated body
         return bytes(body)
+
+
+def _failure(exc: BaseException, deadline: float) -> FhirError:
+    """"timeout" at the deadline, "read timeout" when the server fell silent for longer than the
+    per-read timeout before it, else "connection failed".  requests wraps urllib3's timeouts in
+    several ways (``Timeout``, ``ConnectionError(ReadTimeoutError)``), so the chain is searched."""
+    if time.monotonic() >= deadline - _CLOCK_SLACK_S:
+        return FhirError("timeout")
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+            return FhirError("read timeout")
+        first = seen.args[0] if seen.args else None
+        seen = first if isinstance(first, BaseException) else (seen.__cause__ or seen.__context__)
+    return FhirError("connection failed")
 
 
 def _parse_resource(body: bytes) -> dict[str, Any]:

@@ -17,6 +17,11 @@ a query is needed but there is no           ``skipped`` (a disallowed server is 
 template has an unresolvable token
 ==========================================  ==========================================================
 
+Under ``FHIR_SERVERS=*`` a server whose name resolves to an internal address (loopback, private,
+link-local, metadata, ...) is refused when the connection is made, before any byte is sent: its
+keys are ``failed`` with reason ``server not allowed`` (an internal IP literal or a local name is
+refused up front and its keys are ``skipped``).
+
 An instance read (``Patient/{{context.patientId}}``) answered 404/410 is ``null``: the server says
 there is no such resource.
 
@@ -29,8 +34,8 @@ note.  Keys whose data could not be had at all (``failed``, ``skipped``) are ``f
 All queries share one deadline, ``FHIR_DEADLINE_S`` from the start of ``gather``.  A key whose first
 response has not arrived by then is ``failed`` with reason ``deadline``; a key with some pages keeps
 them (``incomplete: deadline``).  Unfinished work is abandoned, never waited for: queued jobs are
-cancelled, running ones stop at their next page (each HTTP call's timeout is the time left, so
-their threads end soon after).
+cancelled, and a running fetch's connection is shut down at the deadline, so its thread is free at
+once (``client``/``transport``), however slowly the server sends.
 
 When a required key is unavailable and it cannot be helped (no ``fhirServer``, a server not allowed,
 or every required key unavailable), ``PreconditionFailed`` (412) names the missing keys.
@@ -50,11 +55,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from cds_service import protocol
-from cds_service.engine.fhir.client import FhirClient, FhirError, allowed, origin
+from cds_service.engine.fhir.client import FhirClient, FhirError
 from cds_service.engine.services import ServiceDefinition
 from cds_service.errors import PreconditionFailed
 from cds_service.protocol import HookRequest
 from cds_service.settings import Settings
+from cds_service.urls import allowed, origin
 
 logger = logging.getLogger("cds_service.engine.fhir")
 
@@ -373,8 +379,10 @@ def gather(request: HookRequest, service: ServiceDefinition, settings: Settings,
                     job.finished_at = time.monotonic()
         # Each job runs in a copy of the caller's context, so per-request logging state (the
         # redaction list of logs.py) also applies to what requests/urllib3 log in the workers.
+        # At most ``client.per_origin`` of them run at once for this server; the rest wait in the
+        # server's own queue, so a slow server never queues in front of a healthy one.
         futures: dict[Future[None], _Job] = {
-            client.executor.submit(contextvars.copy_context().run, _run, job, plan, client): job
+            client.submit(server_origin, contextvars.copy_context().run, _run, job, plan, client): job
             for job in jobs.values() if job.finished_at is None
         }
         if futures:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from cds_service.http.auth.keys import KeySet, is_fetchable_url
 from cds_service.settings import SettingsError
+from cds_service.urls import allowed as url_allowed
 
 _ISSUER_KEYS = frozenset({"jwks_url", "jwks", "jku_allow", "tenants"})
 
@@ -27,7 +28,7 @@ class TrustedIssuer:
     tenants: frozenset[str] | None = None  # None: the tenant claim is not checked
 
     def allows_jku(self, jku: str) -> bool:
-        return is_fetchable_url(jku) and any(jku.startswith(prefix) for prefix in self.jku_allow)
+        return url_allowed(jku, self.jku_allow, wildcard=False)  # one strict check: cds_service/urls.py
 
 
 def load_trusted_issuers(value: str) -> dict[str, TrustedIssuer]:
