@@ -20,8 +20,6 @@ from cds_service.protocol import Limits, parse_request
 from cds_service.settings import load_settings
 
 # The hooks the service answers, in the order fixtures list their expected cards.
-# (cds_service.protocol has no HOOKS yet; when it does, import it from there.)
-HOOKS = ("order-select", "order-sign")
 
 
 class FixtureError(Exception):

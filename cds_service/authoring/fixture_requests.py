@@ -12,9 +12,9 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-from cds_service.authoring.calls import HOOKS
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
 from cds_service.engine.services import build_services, default_services
+from cds_service.protocol import HOOKS
 from cds_service.terminology import Terminology
 
 

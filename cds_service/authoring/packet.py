@@ -16,12 +16,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from cds_service.authoring.calls import HOOKS, FixtureError, call_fixture, check_runtime, expected_cards, read_fixture
+from cds_service.authoring.calls import FixtureError, call_fixture, check_runtime, expected_cards, read_fixture
 from cds_service.authoring.problems import short_error
 from cds_service.clinical.dates import parse_date
 from cds_service.devtools.fixtures import list_fixtures
 from cds_service.engine import pipeline
 from cds_service.engine.content import Catalog, Renderer
+from cds_service.protocol import HOOKS
 from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology
 
 WITHHELD_WORDS = {

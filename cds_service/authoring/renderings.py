@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from jinja2 import TemplateSyntaxError, UndefinedError, nodes
 
-from cds_service.authoring.calls import HOOKS, FixtureError, call_fixture, expected_cards, read_fixture
+from cds_service.authoring.calls import FixtureError, call_fixture, expected_cards, read_fixture
 from cds_service.authoring.problems import ERROR, WARNING, Problem, collapse, short_error
 from cds_service.clinical.contract import (
     FINDINGS,
@@ -31,6 +31,7 @@ from cds_service.clinical.model import DataNote, Decision, Fact
 from cds_service.devtools.fixtures import list_fixtures
 from cds_service.engine.content import SUMMARY_MAX, CardContent, Catalog, Renderer, RenderError, make_environment
 from cds_service.engine.runtime import Runtime
+from cds_service.protocol import HOOKS
 from cds_service.terminology import Terminology
 
 # "…[ref]- Next item": a list marker glued to the previous line (a block tag ate the newline).
