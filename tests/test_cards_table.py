@@ -232,7 +232,8 @@ def _hostile_fixture() -> dict[str, Any]:
     for entry in fixture["record"]["entry"]:
         resource = entry["resource"]
         if resource["resourceType"] == "Condition" and resource["id"].endswith("-ild-1"):
-            resource["code"]["text"] = f"Interstitial lung disease {SCRIPT} <img src=x onerror=alert(2)>"
+            resource["code"]["text"] = (f"Rapidly progressive interstitial lung disease {SCRIPT} "
+                                        "<img src=x onerror=alert(2)>")
             changed += 1
         if resource["resourceType"] == "Observation" and "valueString" in resource:
             resource["valueString"] = f"Positive <b onmouseover=alert(3)>{SCRIPT}</b>"

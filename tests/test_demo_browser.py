@@ -147,7 +147,10 @@ def test_fire_override_and_accept_from_the_demo_page(page: Any, tmp_path: Path) 
         assert row["override_system"] == "https://ivig-cds.example.org/override-reason"
         assert row["user_comment"] == "Discussed with rheumatology"
 
-        # Accept a suggestion on another card: `accepted` feedback with the suggestion's uuid.
+        # Accept a suggestion on another card: `accepted` feedback with the suggestion's uuid. The PFT order
+        # of ild-monitoring is offered only without recent PFTs (pl7-ro52-rpild has them): another patient.
+        page.select_option("#fixture", "mda5-dm-ild")
+        _fire(page)
         monitoring = page.locator(".card[data-card-id='ild-monitoring']")
         suggestion = monitoring.locator("button.suggestion").first
         suggestion_uuid = suggestion.get_attribute("data-suggestion-uuid")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cds_service.clinical.facts import PatientFacts, extract
 from cds_service.devtools.fixtures import load_fixture, record_resources
+from cds_service.engine.assertion import assertion_reader
+from cds_service.engine.content.parameters import load_parameters
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
+
+PARAMETERS = load_parameters(Path(__file__).resolve().parent.parent / "cards")
+ASSERTIONS = assertion_reader(Path(__file__).resolve().parent.parent / "cards" / "assertion-cues.yaml")
 
 TODAY = date(2026, 11, 22)
 LOINC = "http://loinc.org"
@@ -132,7 +138,7 @@ def medreq(code: str | None = None, *, text: str | None = None, status: str = "a
 
 
 def facts_of(t: Terminology, *resources: Any, draft_orders: tuple[Any, ...] = ()) -> PatientFacts:
-    return extract(list(resources), t, TODAY, draft_orders=list(draft_orders))
+    return extract(list(resources), t, TODAY, PARAMETERS, draft_orders=list(draft_orders), assertions=ASSERTIONS)
 
 
 def status_of(t: Terminology, resource: dict[str, Any], antibody: str = "pl7") -> str:
@@ -202,12 +208,12 @@ def test_interpretation_without_any_value_or_code_is_unknown(t: Terminology) -> 
 @pytest.mark.parametrize("text,expected", [
     ("Strongly positive", "strong-positive"),
     ("Positive", "positive"),
-    ("Weak positive", "positive"),
+    ("Weak positive", "weak-positive"),
     ("Borderline", "equivocal"),
     ("Negative", "negative"),
     ("+++", "strong-positive"),
     ("++", "positive"),
-    ("+", "positive"),
+    ("+", "weak-positive"),
     ("Neg", "negative"),
     ("NEGATIVE", "negative"),
     ("Equivocal", "equivocal"),
@@ -462,7 +468,7 @@ def test_rp_ild_by_text_on_a_text_only_condition(t: Terminology) -> None:
 def test_rp_ild_in_the_demo_fixture(t: Terminology) -> None:
     """pl7-ro52-rpild: ILD coded (SNOMED + ICD) with the text 'Rapidly progressive interstitial lung
     disease (antisynthetase syndrome)' — the fixture's whole point is RP-ILD."""
-    facts = extract(record_resources(load_fixture("pl7-ro52-rpild")), t, TODAY)
+    facts = extract(record_resources(load_fixture("pl7-ro52-rpild")), t, TODAY, PARAMETERS, assertions=ASSERTIONS)
     assert facts.ild and facts.rp_ild
 
 
@@ -535,12 +541,19 @@ def test_active_first_line_counts_whatever_its_age(t: Terminology) -> None:
 
 
 @pytest.mark.parametrize("status", ["completed", "on-hold"])
-def test_completed_first_line_within_180_days_counts(t: Terminology, status: str) -> None:
-    assert facts_of(t, medreq(PREDNISONE, status=status, authored=179)).therapies
+def test_completed_steroid_sparing_agent_within_180_days_counts(t: Terminology, status: str) -> None:
+    assert facts_of(t, medreq(RITUXIMAB, status=status, authored=179)).therapies
 
 
-def test_completed_first_line_older_than_180_days_does_not_count(t: Terminology) -> None:
-    assert not facts_of(t, medreq(PREDNISONE, status="completed", authored=250)).therapies
+def test_completed_steroid_sparing_agent_older_than_180_days_does_not_count(t: Terminology) -> None:
+    assert not facts_of(t, medreq(RITUXIMAB, status="completed", authored=250)).therapies
+
+
+def test_completed_glucocorticoid_counts_only_within_its_short_window(t: Terminology) -> None:
+    window = PARAMETERS.glucocorticoid_current_window_days
+    assert facts_of(t, medreq(PREDNISONE, status="completed", authored=window - 1)).therapies
+    not_current = facts_of(t, medreq(PREDNISONE, status="completed", authored=window + 30))
+    assert not not_current.therapies and not_current.not_counted[0].reason == "gc-not-current"
 
 
 @pytest.mark.parametrize("status", ["cancelled", "entered-in-error", "stopped", "draft"])
@@ -571,7 +584,7 @@ def test_co_ordered_first_line_in_draft_orders(t: Terminology) -> None:
 
 def test_the_ivig_order_itself_is_not_therapy(t: Terminology) -> None:
     ivig = medreq(text="Privigen (immune globulin intravenous)", status="draft", authored=0, mid="ivig-1")
-    facts = extract([], t, TODAY, draft_orders=[ivig], exclude_references=["MedicationRequest/ivig-1"])
+    facts = extract([], t, TODAY, PARAMETERS, draft_orders=[ivig], exclude_references=["MedicationRequest/ivig-1"])
     assert not facts.therapies and not facts.notes
 
 
@@ -747,7 +760,7 @@ def test_bad_resources_are_skipped_and_listed(t: Terminology) -> None:
     good = [obs(JO1, valueString="Positive"), ild(), medreq(text="Cyclophosphamide")]
     resources = [bad_value, "not a resource", 17, None, {"id": "no-type"}, bad_code, bad_status, bad_qty,
                  bad_string, *good]
-    facts = extract(resources, t, TODAY)
+    facts = extract(resources, t, TODAY, PARAMETERS)
     noted = {n.reference for n in facts.notes}
     assert {"Observation/bad-value", "Condition/bad-code", "Observation/bad-status", "Observation/bad-qty",
             "Observation/bad-string"} <= noted
@@ -773,7 +786,7 @@ def test_bad_resources_are_skipped_and_listed(t: Terminology) -> None:
 def test_odd_shapes_never_raise(t: Terminology, mutate: Any) -> None:
     resource = obs(PL7, valueString="Positive")
     mutate(resource)
-    extract([resource], t, TODAY)  # no exception is the assertion
+    extract([resource], t, TODAY, PARAMETERS)  # no exception is the assertion
 
 
 def test_odd_condition_and_medication_shapes_never_raise(t: Terminology) -> None:
@@ -792,11 +805,12 @@ def test_odd_condition_and_medication_shapes_never_raise(t: Terminology) -> None
          "performedPeriod": "yesterday"},
         {"resourceType": "ServiceRequest", "id": "s1", "status": 1, "code": {"text": "plasma exchange"}},
     ]
-    facts = extract(odd, t, TODAY, draft_orders=[{"resourceType": "MedicationRequest", "id": "d1"}, "x"])
+    facts = extract(odd, t, TODAY, PARAMETERS, draft_orders=[{"resourceType": "MedicationRequest", "id": "d1"}, "x"])
     assert isinstance(facts, PatientFacts)
 
 
 def test_resources_of_other_types_are_ignored_quietly(t: Terminology) -> None:
-    facts = facts_of(t, {"resourceType": "Patient", "id": "p1"}, {"resourceType": "Encounter", "id": "e1"},
+    facts = facts_of(t, {"resourceType": "Patient", "id": "p1", "birthDate": "1970-05-01"},
+                     {"resourceType": "Encounter", "id": "e1"},
                      {"resourceType": "OperationOutcome", "issue": []})
     assert not facts.notes and not facts.antibodies and not facts.conditions

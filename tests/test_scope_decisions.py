@@ -62,5 +62,7 @@ def test_a_range_given_as_text_grades_a_quantity() -> None:
                    "effectiveDateTime": "2026-11-01",
                    "valueQuantity": {"value": 75, "unit": "U"},
                    "referenceRange": [{"text": "Negative: <20 U"}]}
-    facts = extract([observation], Terminology.load("cards/valuesets"), date(2026, 11, 22))
+    from cds_service.engine.content.parameters import load_parameters
+
+    facts = extract([observation], Terminology.load("cards/valuesets"), date(2026, 11, 22), load_parameters("cards"))
     assert facts.antibodies["pl7"].status == "strong-positive"

@@ -37,6 +37,13 @@ class Finding(StrEnum):
     MYOSITIS = "myositis"
     FIRST_LINE_ON_RECORD = "first-line-on-record"
     FIRST_LINE_CO_ORDERED = "first-line-co-ordered"
+    NO_FIRST_LINE = "no-first-line"
+    GLUCOCORTICOID_ONLY = "glucocorticoid-only"
+    PREGNANCY = "pregnancy"
+    PRIOR_IVIG = "prior-ivig"
+    REPEATED_IVIG = "repeated-ivig"
+    PFT_RECENT = "pft-recent"
+    POSSIBLE_DIAGNOSIS = "possible-diagnosis"
     # ivig-safety
     EGFR_LOW = "egfr-low"
     CREATININE_HIGH = "creatinine-high"
@@ -82,6 +89,8 @@ class ConditionKey(StrEnum):
     IGA_DEFICIENCY = "iga_deficiency"
     KIDNEY_DISEASE = "kidney_disease"
     HEART_FAILURE = "heart_failure"
+    PREGNANCY = "pregnancy"
+    IPF = "ipf"
 
     @property
     def value_set(self) -> str:
@@ -148,6 +157,12 @@ class TemplateVariables:
     creatinine: LabView | None = None
     iga: LabView | None = None
     therapy: list[str] = field(default_factory=list)
+    #: A weight found but older than the dosing window: shown, never used for a dose.
+    weight_found_kg: float | None = None
+    weight_found_date: str | None = None
+    #: IVIG courses (requests or administrations other than this order) in the last 12 months.
+    prior_ivig_courses: int = 0
+    prior_ivig_last_date: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ of unrelated labs costs one dictionary look-up (or one pre-compiled regex search
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from cds_service.clinical.assertion import AffirmingReader, Assertion, AssertionReader
 from cds_service.clinical.contract import SYNTHETASE_ANTIBODIES, ConditionKey, LabKey, PftKey
 from cds_service.clinical.dates import parse_date
 from cds_service.clinical.grading import (
@@ -35,7 +35,11 @@ from cds_service.clinical.matching import (
 )
 from cds_service.clinical.matching import PFT_PERCENT as PFT_PERCENT  # noqa: F401
 from cds_service.clinical.model import DataNote, Fact
-from cds_service.clinical.orders import bundled_medications, medication_concepts, reference_of, route_texts_and_codes
+from cds_service.clinical.orders import bundled_medications, is_ivig, medication_concepts, reference_of
+from cds_service.clinical.parameters import ClinicalParameters
+from cds_service.clinical.patient import POSITIVE_GRADES as POSITIVE_GRADES  # noqa: F401
+from cds_service.clinical.patient import AntibodyResult, LabValue, PatientFacts
+from cds_service.clinical.therapy import NotCounted, Therapy, TherapyReader, TherapySets, medication_date
 from cds_service.terminology import (
     Terminology,
     ValueSet,
@@ -46,113 +50,22 @@ from cds_service.terminology import (
 )
 
 FINAL_STATUSES = {"final", "amended", "corrected"}
-POSITIVE_GRADES = {"positive", "strong-positive"}
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
+POSSIBLE_VERIFICATION = {"provisional", "differential", "unconfirmed"}
 THERAPY_REQUEST_STATUSES = {"active", "completed", "on-hold"}
 THERAPY_STATEMENT_STATUSES = {"active", "completed", "intended"}
-THERAPY_WINDOW = timedelta(days=180)
+IVIG_COURSE_REQUEST_STATUSES = {"active", "completed"}
+IVIG_COURSE_ADMINISTRATION_STATUSES = {"completed", "in-progress"}
 PLASMA_EXCHANGE_RECENT = timedelta(days=7)
 FVC_DECLINE_WINDOW = timedelta(days=90)
 FVC_DECLINE_POINTS = 10.0
 # Data sanity, not clinical advice: no human weighs a tonne; a larger value is a unit or entry error.
 PLAUSIBLE_WEIGHT_KG = 1000.0
-
-# -- facts ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AntibodyResult:
-    antibody: str
-    status: str
-    date: date | None
-    reference: str
-    value_text: str
-
-
-@dataclass(frozen=True)
-class LabValue:
-    value: float
-    unit: str
-    date: date | None
-    reference: str
-    flag: str | None  # "high" | "low" | None
-    low: float | None
-    high: float | None
-    comparator: str = ""
-    ucum: str = ""  # valueQuantity.code (UCUM) when given: the unit to compute with
-
-    @property
-    def units(self) -> tuple[str, ...]:
-        """The machine code first, then the display text: either may name the unit."""
-        return tuple(u.strip().lower() for u in (self.ucum, self.unit) if u and u.strip())
-
-    @property
-    def text(self) -> str:
-        return f"{self.comparator}{self.value:g} {self.unit}".strip()
-
-
-@dataclass(frozen=True)
-class Therapy:
-    name: str
-    reference: str
-    date: date | None
-    status: str
-    co_ordered: bool
-    pulse_methylprednisolone: bool
-
-
-@dataclass
-class PatientFacts:
-    today: date
-    antibodies: dict[str, AntibodyResult] = field(default_factory=dict)
-    conditions: dict[str, list[Fact]] = field(default_factory=dict)
-    asys_antibody_defined: bool = False
-    fvc_decline: Fact | None = None
-    therapies: list[Therapy] = field(default_factory=list)
-    plasma_exchange: list[Fact] = field(default_factory=list)
-    labs: dict[str, LabValue] = field(default_factory=dict)
-    pft: dict[str, LabValue] = field(default_factory=dict)
-    notes: list[DataNote] = field(default_factory=list)
-
-    # -- derived ------------------------------------------------------------------------
-    def has(self, condition: str) -> bool:
-        return bool(self.conditions.get(condition))
-
-    def antibody_positive(self, antibody: str) -> bool:
-        result = self.antibodies.get(antibody)
-        return result is not None and result.status in POSITIVE_GRADES
-
-    @property
-    def ild(self) -> bool:
-        return self.has(ConditionKey.ILD)
-
-    @property
-    def rp_ild(self) -> bool:
-        return self.has(ConditionKey.RP_ILD) or (self.ild and self.fvc_decline is not None)
-
-    @property
-    def myositis(self) -> bool:
-        return self.has(ConditionKey.MYOSITIS)
-
-    @property
-    def asys(self) -> bool:
-        return self.has(ConditionKey.ASYS) or self.asys_antibody_defined
-
-    @property
-    def any_antibody_positive(self) -> bool:
-        return any(result.status in POSITIVE_GRADES for result in self.antibodies.values())
-
-    @property
-    def has_antibody_results(self) -> bool:
-        return bool(self.antibodies)
-
-    @property
-    def first_line_on_record(self) -> list[Therapy]:
-        return [t for t in self.therapies if not t.co_ordered]
-
-    @property
-    def first_line_co_ordered(self) -> list[Therapy]:
-        return [t for t in self.therapies if t.co_ordered]
+# The clinical scope of an indication: what the IVIG order or a glucocorticoid may be for.
+SCOPE_CONDITIONS = (ConditionKey.ILD, ConditionKey.RP_ILD, ConditionKey.MYOSITIS, ConditionKey.ASYS)
+# Conditions whose history counts whatever their clinical status.
+HISTORY_CONDITIONS = (ConditionKey.VTE_HISTORY,)
 
 
 def _iso(d: date | None) -> str | None:
@@ -166,11 +79,20 @@ def _newer(candidate_date: date | None, current_date: date | None) -> bool:
 
 
 class _Extractor:
-    def __init__(self, catalogue: Catalogue, today: date) -> None:
+    def __init__(self, catalogue: Catalogue, today: date, parameters: ClinicalParameters,
+                 assertions: AssertionReader) -> None:
         self.cat = catalogue
+        self.parameters = parameters
+        self.assertions = assertions
         self.facts = PatientFacts(today=today)
         self.medications: dict[str, dict[str, Any]] = {}
         self.fvc_series: list[tuple[date, float, str]] = []
+        self.condition_codes: dict[str, Any] = {}  # Condition reference -> its code (reasons)
+        self.pregnancy_status: tuple[date, bool, str] | None = None
+        self.patient_seen = False
+        self.therapy = TherapyReader(TherapySets(catalogue.first_line, catalogue.glucocorticoid,
+                                                 catalogue.methylprednisolone, catalogue.intravenous),
+                                     parameters, today, self.reason_in_scope)
 
     def note(self, key: str, resource: Any) -> None:
         ref = reference_of(resource) if isinstance(resource, Mapping) else None
@@ -192,7 +114,9 @@ class _Extractor:
                 c_pft = [] if c_antibodies else self.cat.pft.match(c_code)
                 if c_antibodies or c_pft:
                     component_hits.append((component, c_antibodies, c_pft))
-        if not (antibody_hits or lab_hits or pft_hits or component_hits):
+        pft_any = [] if antibody_hits or lab_hits else self.cat.pft_any.match(code)
+        pregnancy = concept_matches(self.cat.pregnancy_status, code) if not (antibody_hits or lab_hits) else None
+        if not (antibody_hits or lab_hits or pft_hits or component_hits or pft_any or pregnancy):
             return  # not an observation any rule reads
         status = obs.get("status")
         if not isinstance(status, str):
@@ -201,6 +125,10 @@ class _Extractor:
             return
         when = effective_date(obs)
         ref = reference_of(obs)
+        if (pft_hits or pft_any or any(c_pft for _, _, c_pft in component_hits)) and when is not None:
+            self.facts.pft_dates.append(when)
+        if pregnancy and when is not None:
+            self._pregnancy_status(obs, when, ref)
         for name in antibody_hits:
             self._antibody(name, obs, when, ref)
         for name in lab_hits:
@@ -278,6 +206,17 @@ class _Extractor:
         if current is None or _newer(when, current.date):
             self.facts.pft[name] = lab
 
+    def _pregnancy_status(self, obs: Mapping[str, Any], when: date, ref: str) -> None:
+        if self.pregnancy_status is not None and self.pregnancy_status[0] > when:
+            return  # the newest pregnancy status wins
+        value = obs.get("valueCodeableConcept")
+        positive = concept_matches(self.cat.pregnancy_condition, value) is not None if value is not None else False
+        if positive and value is not None:
+            text = next(iter(concept_texts(value)), "")
+            positive = self.assertions.assertion(text, self.cat.pregnancy_condition.aliases) is Assertion.AFFIRMED \
+                if text else True
+        self.pregnancy_status = (when, positive, ref)
+
     # -- conditions ---------------------------------------------------------------------
     def condition(self, cond: Mapping[str, Any]) -> None:
         code = cond.get("code")
@@ -296,14 +235,49 @@ class _Extractor:
                               if isinstance(cond.get("onsetPeriod"), Mapping) else None))
         text = next(iter(concept_texts(code)), "") if code is not None else ""
         for name in hits:
-            # A history (VTE) counts whatever its clinical status; everything else must be current.
-            if not active and name != ConditionKey.VTE_HISTORY:
-                continue
             if name == ConditionKey.RP_ILD and ConditionKey.ILD not in hits:
                 continue  # "rapidly progressive" must be said of the lung disease itself
+            assertion = self.assertions.assertion(text, self.cat.conditions.sets[name].aliases) if text \
+                else Assertion.AFFIRMED
+            if assertion in (Assertion.NEGATED, Assertion.FAMILY):
+                continue  # not the patient's own, present diagnosis
+            history = name in HISTORY_CONDITIONS
+            # A history (VTE) counts whatever its clinical status; everything else must be current.
+            if not history and (not active or assertion is Assertion.HISTORICAL):
+                continue
             fact = Fact(label=self.cat.conditions.sets[name].title, value_text=text[:120] or None,
                         date=_iso(when), reference=reference_of(cond))
+            if verification in POSSIBLE_VERIFICATION or assertion is Assertion.POSSIBLE:
+                fact = Fact(fact.label, "possible", fact.value_text, fact.date, fact.reference)
+                self.facts.possible_conditions.setdefault(name, []).append(fact)
+                continue
+            if name == ConditionKey.PREGNANCY and (
+                    when is None or self.facts.today - when > self.parameters.days("pregnancy_window_days")):
+                continue  # an old or undated pregnancy entry is not an active pregnancy
             self.facts.conditions.setdefault(name, []).append(fact)
+
+    def reason_in_scope(self, resource: Mapping[str, Any]) -> bool | None:
+        """Does a resource's reasonCode/reasonReference name the clinical scope?  True: at least one
+        named reason is in scope; False: reasons are named and none is; None: none named, or one
+        cannot be resolved."""
+        concepts = [c for c in as_list(resource.get("reasonCode")) if isinstance(c, Mapping)]
+        unresolved = False
+        for ref in as_list(resource.get("reasonReference")):
+            target = ref.get("reference") if isinstance(ref, Mapping) else None
+            code = self.condition_codes.get(target) if isinstance(target, str) else None
+            if code is None:
+                unresolved = True
+            else:
+                concepts.append(code)
+        if not concepts:
+            return None
+        for concept in concepts:
+            hits = self.cat.conditions.match(concept)
+            if any(h in SCOPE_CONDITIONS for h in hits):
+                text = next(iter(concept_texts(concept)), "")
+                if not text or self.assertions.assertion(text) is Assertion.AFFIRMED:
+                    return True
+        return None if unresolved else False
 
     # -- medications --------------------------------------------------------------------
     def medication(self, med: Mapping[str, Any], co_ordered: bool = False) -> None:
@@ -311,33 +285,49 @@ class _Extractor:
         status = med.get("status")
         if not isinstance(status, str):
             raise Unreadable("unreadable-status")
+        if rtype == "MedicationAdministration":
+            self._ivig_course(med, status)
+            return
         if not co_ordered:
             allowed = THERAPY_STATEMENT_STATUSES if rtype == "MedicationStatement" else THERAPY_REQUEST_STATUSES
             if status not in allowed:
                 return
         concepts = [c for c in medication_concepts(med, self.medications) if c is not None]
         if not any(concept_matches(self.cat.first_line, c) for c in concepts):
+            if not co_ordered:
+                self._ivig_course(med, status)
             return
-        when = _medication_date(med)
-        # An active order or statement is current therapy whatever its age; a completed or
-        # paused one counts only when its latest date lies within the last 180 days.
-        if not co_ordered and status != "active" and (when is None or self.facts.today - when > THERAPY_WINDOW):
+        found = self.therapy.classify(med, concepts, co_ordered)
+        if isinstance(found, Therapy):
+            self.facts.therapies.append(found)
+        elif isinstance(found, NotCounted):
+            self.facts.not_counted.append(found)
+
+    def _ivig_course(self, med: Mapping[str, Any], status: str) -> None:
+        """A past or running IVIG request or administration: one course each."""
+        allowed = IVIG_COURSE_ADMINISTRATION_STATUSES if med.get("resourceType") == "MedicationAdministration" \
+            else IVIG_COURSE_REQUEST_STATUSES
+        if status not in allowed or med.get("intent") in ("proposal", "plan"):
             return
-        name = ""
-        for concept in concepts:
-            name = next(iter(concept_texts(concept)), "") or next((c for _, c, _ in codings(concept)), "")
-            if name:
-                break
-        pulse = any(concept_matches(self.cat.methylprednisolone, c) for c in concepts) and (
-            any(concept_matches(self.cat.intravenous, r) for r in route_texts_and_codes(med))
-            or any(concept_matches(self.cat.intravenous, c) for c in concepts))
-        self.facts.therapies.append(Therapy(name[:120], reference_of(med), when, status, co_ordered, pulse))
+        if not is_ivig(dict(med), self.cat.terminology, self.medications):
+            return
+        when = medication_date(med) or parse_date(med.get("effectiveDateTime"))
+        if when is None or self.facts.today - when > self.parameters.days("prior_ivig_window_days"):
+            return
+        self.facts.ivig_courses.append((when, reference_of(med)))
 
     # -- plasma exchange ----------------------------------------------------------------
-    def plasma_exchange(self, res: Mapping[str, Any]) -> None:
+    def service(self, res: Mapping[str, Any]) -> None:
         code = res.get("code")
         if code is not None and not isinstance(code, Mapping):
             raise Unreadable("unreadable-code")
+        if res.get("resourceType") == "ServiceRequest" and res.get("status") in ("active", "draft", "on-hold") \
+                and concept_matches(self.cat.pft_order, code):
+            text = next(iter(concept_texts(code)), "") if code is not None else ""
+            self.facts.pft_ordered.append(Fact(label=self.cat.pft_order.title, value_text=text[:120] or None,
+                                               date=_iso(parse_date(res.get("authoredOn"))),
+                                               reference=reference_of(res)))
+            return
         if not concept_matches(self.cat.plasma_exchange, code):
             return
         status = res.get("status")
@@ -361,12 +351,57 @@ class _Extractor:
                                                value_text=(f"{text} ({status})" if text else status)[:120],
                                                date=_iso(when), reference=reference_of(res)))
 
+    def patient(self, patient: Mapping[str, Any]) -> None:
+        self.patient_seen = True
+        birth = parse_date(patient.get("birthDate"))
+        if birth is None or birth > self.facts.today:
+            return
+        today = self.facts.today
+        self.facts.age_years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+    def indication(self, orders: list[Mapping[str, Any]]) -> None:
+        """The IVIG order's own indication (reasonCode, reasonReference resolved against the record)."""
+        verdicts = [self.reason_in_scope(order) for order in orders]
+        named: list[bool | None] = [v for v in verdicts if v is not None]
+        if not named and any(as_list(o.get("reasonCode")) or as_list(o.get("reasonReference")) for o in orders):
+            named = [None]  # named but unresolvable: it may be in scope
+        for order in orders:
+            for concept in as_list(order.get("reasonCode")):
+                text = next(iter(concept_texts(concept)), "") or next((c for _, c, _ in codings(concept)), "")
+                if text:
+                    self.facts.indication_facts.append(Fact(label="IVIG order indication", value_text=text[:120],
+                                                            reference=reference_of(order)))
+        if not named:
+            self.facts.indication = "unspecified"
+        elif all(v is False for v in named):
+            self.facts.indication = "other"
+        else:
+            self.facts.indication = "in-scope"
+
     # -- derived facts ------------------------------------------------------------------
     def finish(self) -> PatientFacts:
         facts = self.facts
         if facts.has(ConditionKey.ILD) or facts.has(ConditionKey.MYOSITIS):
-            facts.asys_antibody_defined = any(facts.antibody_positive(a) for a in SYNTHETASE_ANTIBODIES)
+            # A weak-positive synthetase antibody alone does not define ASyS (weak line-blot bands are
+            # often false positives).
+            facts.asys_antibody_defined = any(facts.antibody_confirmed(a) for a in SYNTHETASE_ANTIBODIES)
         facts.fvc_decline = _fvc_decline(self.fvc_series, self.cat.pft.sets.get(PftKey.FVC_PCT))
+        facts.adult = facts.age_years is None or facts.age_years >= self.parameters.adult_age_years
+        if self.patient_seen and facts.age_years is None:
+            facts.notes.append(DataNote("failed-key", "patientBirthDate"))
+        window = self.parameters.days("pregnancy_window_days")
+        pregnancy = facts.conditions.get(ConditionKey.PREGNANCY)
+        if self.pregnancy_status is not None:
+            when, positive, ref = self.pregnancy_status
+            condition_dates = [d for d in (parse_date(f.date) for f in pregnancy or []) if d is not None]
+            newest_condition = max(condition_dates, default=None)
+            if not positive and (newest_condition is None or newest_condition <= when):
+                pregnancy = None  # a newer negative status ends the pregnancy on record
+            elif positive and facts.today - when <= window:
+                pregnancy = (pregnancy or []) + [Fact(label=self.cat.pregnancy_status.title, value_key="pregnant",
+                                                      date=_iso(when), reference=ref)]
+        facts.pregnancy = pregnancy[0] if pregnancy else None
+        facts.ivig_courses.sort()
         return facts
 
 
@@ -385,26 +420,6 @@ def _as_kilograms(lab: LabValue) -> LabValue | None:
     if kilograms > PLAUSIBLE_WEIGHT_KG:
         return None  # a data error, not a weight: no dose is computed from it
     return LabValue(round(kilograms, 1), "kg", lab.date, lab.reference, None, None, None)
-
-
-def _medication_date(med: Mapping[str, Any]) -> date | None:
-    candidates: list[date | None] = [parse_date(med.get("authoredOn")), parse_date(med.get("dateAsserted")),
-                                     parse_date(med.get("effectiveDateTime"))]
-    period = med.get("effectivePeriod")
-    if isinstance(period, Mapping):
-        candidates += [parse_date(period.get("end")), parse_date(period.get("start"))]
-    for dosage in as_list(med.get("dosageInstruction")) + as_list(med.get("dosage")):
-        if isinstance(dosage, Mapping):
-            timing = dosage.get("timing")
-            repeat = timing.get("repeat") if isinstance(timing, Mapping) else None
-            bounds = repeat.get("boundsPeriod") if isinstance(repeat, Mapping) else None
-            if isinstance(bounds, Mapping):
-                candidates += [parse_date(bounds.get("end")), parse_date(bounds.get("start"))]
-    dispense = med.get("dispenseRequest")
-    if isinstance(dispense, Mapping) and isinstance(dispense.get("validityPeriod"), Mapping):
-        candidates.append(parse_date(dispense["validityPeriod"].get("end")))
-    dated = [d for d in candidates if d is not None]
-    return max(dated) if dated else None
 
 
 def _fvc_decline(series: list[tuple[date, float, str]], vs: ValueSet | None) -> Fact | None:
@@ -427,19 +442,26 @@ def _fvc_decline(series: list[tuple[date, float, str]], vs: ValueSet | None) -> 
 class FactReader:
     """Reads patient facts; the value sets are compiled once, when the reader is built."""
 
-    def __init__(self, terminology: Terminology) -> None:
+    def __init__(self, terminology: Terminology, parameters: ClinicalParameters,
+                 assertions: AssertionReader | None = None) -> None:
         self._catalogue = compile_catalogue(terminology)
+        self.parameters = parameters
+        self.assertions: AssertionReader = assertions or AffirmingReader()
 
     def extract(self, resources: Iterable[Any], today: date, draft_orders: Iterable[Any] = (),
-                exclude_references: Iterable[str] = ()) -> PatientFacts:
+                exclude_references: Iterable[str] = (), orders: Iterable[Mapping[str, Any]] = ()) -> PatientFacts:
         """Facts from ``resources`` (all prefetched/fetched resources) and the call's other draft orders.
 
-        ``exclude_references``: the IVIG orders themselves (not therapy "on record").
+        ``exclude_references``: the IVIG orders themselves (not therapy "on record"); ``orders``: their
+        resources, whose reasons are the order's indication.
         """
-        extractor = _Extractor(self._catalogue, today)
+        extractor = _Extractor(self._catalogue, today, self.parameters, self.assertions)
         resources = list(resources)
         draft_orders = [d for d in draft_orders if isinstance(d, Mapping)]
         extractor.medications = bundled_medications([r for r in resources + draft_orders if isinstance(r, dict)])
+        extractor.condition_codes = {reference_of(r): r.get("code") for r in resources
+                                     if isinstance(r, Mapping) and r.get("resourceType") == "Condition"
+                                     and isinstance(r.get("code"), Mapping)}
         excluded = set(exclude_references)
         for resource in resources:
             if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
@@ -451,11 +473,14 @@ class FactReader:
                     extractor.observation(resource)
                 elif rtype == "Condition":
                     extractor.condition(resource)
-                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder"):
+                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder",
+                               "MedicationAdministration"):
                     if reference_of(resource) not in excluded:
                         extractor.medication(resource)
                 elif rtype in ("ServiceRequest", "Procedure"):
-                    extractor.plasma_exchange(resource)
+                    extractor.service(resource)
+                elif rtype == "Patient":
+                    extractor.patient(resource)
             except Unreadable as problem:
                 extractor.note(problem.key, resource)
             except (TypeError, AttributeError, ValueError, KeyError):
@@ -467,16 +492,19 @@ class FactReader:
                 if order.get("resourceType") in ("MedicationRequest", "MedicationOrder"):
                     extractor.medication(order, co_ordered=True)
                 elif order.get("resourceType") == "ServiceRequest":
-                    extractor.plasma_exchange({**order, "status": "draft"}
-                                              if order.get("status") not in ("active", "draft") else order)
+                    extractor.service({**order, "status": "draft"}
+                                      if order.get("status") not in ("active", "draft") else order)
             except Unreadable as problem:
                 extractor.note(problem.key, order)
             except (TypeError, AttributeError, ValueError, KeyError):
                 extractor.note("unexpected-type", order)
+        extractor.indication([o for o in orders if isinstance(o, Mapping)])
         return extractor.finish()
 
 
-def extract(resources: Iterable[Any], terminology: Terminology, today: date,
-            draft_orders: Iterable[Any] = (), exclude_references: Iterable[str] = ()) -> PatientFacts:
+def extract(resources: Iterable[Any], terminology: Terminology, today: date, parameters: ClinicalParameters,
+            draft_orders: Iterable[Any] = (), exclude_references: Iterable[str] = (),
+            assertions: AssertionReader | None = None, orders: Iterable[Mapping[str, Any]] = ()) -> PatientFacts:
     """One-off extraction (tests, tools); the service keeps one ``FactReader``."""
-    return FactReader(terminology).extract(resources, today, draft_orders, exclude_references)
+    return FactReader(terminology, parameters, assertions).extract(resources, today, draft_orders,
+                                                                   exclude_references, orders)

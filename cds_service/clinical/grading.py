@@ -28,11 +28,13 @@ _INTERPRETATION = {
     "HH": "positive", "HU": "positive", ">": "positive",
     "NEG": "negative", "ND": "negative", "N": "negative", "L": "negative",
     "IND": "equivocal", "E": "equivocal",
+    "WR": "weak-positive",  # weakly reactive
 }
 # Result wording as labs print it.  Parsing vocabulary, not clinical advice.
 _STRONG_WORDS = re.compile(r"\b(strong(ly)?|high(ly)?|marked(ly)?)\s*(pos|positive|reactive)\b|\+\+\+")
-_EQUIVOCAL_WORDS = re.compile(r"\b(equivocal|borderline|indeterminate|inconclusive|weak(ly)?\s+reactive"
-                              r"|low\s+positive\?)\b|\+/-|\+-")
+_EQUIVOCAL_WORDS = re.compile(r"\b(equivocal|borderline|indeterminate|inconclusive)\b|\blow\s+positive\?|\+/-|\+-")
+# Weak or low positive: the lab's own words, or a single "+" (a weak line-blot band).
+_WEAK_WORDS = re.compile(r"\b(weak(ly)?|low|faint(ly)?)[\s-]*(pos|positive|reactive|band)\b|^\s*\(?\+\)?\s*$")
 _NEGATIVE_WORDS = re.compile(r"\b(neg|negative|not\s+detected|non-?reactive|absent|none\s+detected|nd"
                              r"|no\s+(?:\w+\s+){0,2}detected|not\s+(?:reactive|positive|present)"
                              r"|no\s+(?:\w+\s+){0,2}(?:found|seen))\b|^\s*-\s*$")
@@ -43,7 +45,7 @@ _RANGE_TEXT = re.compile(r"(?:<=?|≤|less than|up to)\s*([0-9]+(?:\.[0-9]+)?)|"
 
 
 def grade_text(text: str) -> str | None:
-    """Grade a lab's free-text result: strong-positive | positive | equivocal | negative | None."""
+    """Grade a lab's free-text result: strong-positive | positive | weak-positive | equivocal | negative | None."""
     low = text.strip().lower()
     if not low:
         return None
@@ -51,6 +53,8 @@ def grade_text(text: str) -> str | None:
         return "strong-positive"
     if _EQUIVOCAL_WORDS.search(low):
         return "equivocal"
+    if _WEAK_WORDS.search(low):
+        return "weak-positive"
     if _NEGATIVE_WORDS.search(low):
         return "negative"
     if _POSITIVE_WORDS.search(low):
@@ -135,7 +139,7 @@ def _interpretation_grade(obs: Mapping[str, Any]) -> tuple[str | None, bool]:
 
 @dataclass(frozen=True)
 class Graded:
-    grade: str  # strong-positive | positive | equivocal | negative | unknown
+    grade: str  # strong-positive | positive | weak-positive | equivocal | negative | unknown
     value_text: str
 
 

@@ -99,6 +99,12 @@ class Catalogue:
     intravenous: ValueSet
     plasma_exchange: ValueSet
     answers: dict[tuple[str, str], str]
+    terminology: Terminology
+    glucocorticoid: ValueSet
+    pregnancy_condition: ValueSet
+    pregnancy_status: ValueSet
+    pft_any: Matcher
+    pft_order: ValueSet
 
 
 def compile_catalogue(terminology: Terminology) -> Catalogue:
@@ -112,6 +118,12 @@ def compile_catalogue(terminology: Terminology) -> Catalogue:
         intravenous=terminology["route-intravenous"],
         plasma_exchange=terminology["procedure-plasma-exchange"],
         answers=_answer_codes(terminology),
+        terminology=terminology,
+        glucocorticoid=terminology["medication-glucocorticoid"],
+        pregnancy_condition=terminology[ConditionKey.PREGNANCY.value_set],
+        pregnancy_status=terminology["observation-pregnancy-status"],
+        pft_any=Matcher(terminology, {**PFT_PERCENT, "fvc": "lab-fvc", "dlco": "lab-dlco"}),
+        pft_order=terminology["procedure-pft"],
     )
 
 

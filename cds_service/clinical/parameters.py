@@ -24,7 +24,7 @@ class Product:
     key: str
     name: str
     match: tuple[str, ...]
-    iga: str | None
+    iga_content: str | None
     stabiliser: str | None
     reference: str | None
     pattern: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(r"(?!x)x"))
@@ -128,7 +128,7 @@ class ClinicalParameters:
                 raise ParameterError(f"clinical-parameters: product `{key}` needs a name and match words")
             match = tuple(str(m) for m in entry["match"])
             products.append(Product(str(key), str(entry["name"]), match,
-                                    str(entry["iga"]) if entry.get("iga") else None,
+                                    str(entry["iga_content"]) if entry.get("iga_content") else None,
                                     str(entry["stabiliser"]) if entry.get("stabiliser") else None,
                                     str(entry["reference"]) if entry.get("reference") else None,
                                     _cue_pattern(match)))

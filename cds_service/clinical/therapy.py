@@ -16,6 +16,7 @@ can say why it was not counted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -104,8 +105,13 @@ def _ended(med: Mapping[str, Any]) -> date | None:
     return max(dated) if dated else None
 
 
-def dose_mg(med: Mapping[str, Any]) -> float | None:
-    """The largest single dose in mg the request or statement gives (doseQuantity in mg or g)."""
+_DOSE_TEXT = re.compile(r"(?<![0-9.,])([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+(?:\.[0-9]+)?)\s*(mg|g|gram|grams|milligrams?)\b",
+                        re.I)
+
+
+def dose_mg(med: Mapping[str, Any], texts: Iterable[str] = ()) -> float | None:
+    """The largest single dose in mg the request or statement gives: doseQuantity in mg or g, else a
+    strength written in its medication or dosage text ("Methylprednisolone 1 g IV")."""
     doses: list[float] = []
     for dosage in as_list(med.get("dosageInstruction")) + as_list(med.get("dosage")):
         if not isinstance(dosage, Mapping):
@@ -122,6 +128,11 @@ def dose_mg(med: Mapping[str, Any]) -> float | None:
                 doses.append(value)
             elif unit in ("g", "gram", "grams"):
                 doses.append(value * 1000)
+    if not doses:
+        for text in texts:
+            for amount, unit in _DOSE_TEXT.findall(text):
+                value = float(amount.replace(",", ""))
+                doses.append(value * 1000 if unit.lower() in ("g", "gram", "grams") else value)
     return max(doses) if doses else None
 
 
@@ -175,10 +186,10 @@ class TherapyReader:
         intravenous = any(concept_matches(self.sets.intravenous, r) for r in routes) or any(
             concept_matches(self.sets.intravenous, c) for c in concepts)
         methylprednisolone = any(concept_matches(self.sets.methylprednisolone, c) for c in concepts)
-        dose = dose_mg(med)
+        texts = _texts(med)
+        dose = dose_mg(med, [*texts, name])
         pulse = methylprednisolone and intravenous and dose is not None \
             and dose >= self.parameters.pulse_methylprednisolone_min_mg
-        texts = _texts(med)
         reason = self.reason_in_scope(med)
 
         def not_counted(why: str) -> NotCounted:

@@ -81,10 +81,11 @@ def run(runtime: Runtime, service: ServiceDefinition, request: HookRequest, *,
     audit.prefetch = gathered.summary()
     today = today or today_utc()
     facts = runtime.facts.extract(gathered.resources, today, draft_orders=request.draft_orders,
-                                  exclude_references=[o.reference for o in orders])
+                                  exclude_references=[o.reference for o in orders],
+                                  orders=[o.resource for o in orders])
     # Keys that failed, and keys cut short while paging: both get a data note, never silence.
     unavailable = frozenset(gathered.failed_keys) | frozenset(gathered.incomplete_keys)
-    evaluation = clinical_rules.decide(facts, orders, runtime.terminology, unavailable)
+    evaluation = clinical_rules.decide(facts, orders, runtime.terminology, runtime.parameters, unavailable)
     undecided = [k for k in SCOPE_KEYS if k in unavailable]
     if undecided and not evaluation.decisions:
         # No card on the data we have, but what decides the cards (conditions, antibodies) could
@@ -97,13 +98,17 @@ def run(runtime: Runtime, service: ServiceDefinition, request: HookRequest, *,
     policy = policy or runtime.settings.CONTENT_POLICY
     cards: list[Card] = []
     withheld: list[Withheld] = []
+    servable = []
     for decision in evaluation.decisions:
         reason = runtime.catalog.servable(decision.card_id, policy, today)
         if reason is not None:
             withheld.append(Withheld(decision.card_id, reason))
-            continue
+        else:
+            servable.append(decision)
+    fired = frozenset(str(d.card_id) for d in servable)
+    for decision in servable:
         cards.append(runtime.renderer.render(decision, evaluation.variables, evaluation.notes, base, policy,
-                                             patient_id=request.patient_id))
+                                             patient_id=request.patient_id, fired=fired))
     cards = sort_cards(cards)
     if withheld:
         log.warning("content withheld under %s: %s", policy,

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cds_service.clinical.facts import FactReader
+from cds_service.clinical.parameters import ClinicalParameters
+from cds_service.engine.assertion import assertion_reader
 from cds_service.engine.content import Catalog, Renderer
+from cds_service.engine.content.parameters import ASSERTION_CUES_FILE, load_parameters
 from cds_service.engine.fhir import FhirClient
 from cds_service.engine.services import ServiceDefinition, build_services
 from cds_service.engine.store import Store
@@ -33,6 +36,7 @@ class Runtime:
     limits: Limits
     facts: FactReader
     renderer: Renderer
+    parameters: ClinicalParameters
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -52,5 +56,8 @@ class Runtime:
             log.warning("CDS_AUDIT_KEY is not set: patient ids in audit rows are keyed per process "
                         "and cannot be linked across restarts or replicas")
         limits = Limits.from_settings(settings)
+        parameters = load_parameters(cards_dir)
+        assertions = assertion_reader(cards_dir / ASSERTION_CUES_FILE)
         return cls(settings, terminology, catalog, build_services(terminology), store,
-                   FhirClient.from_settings(settings), audit_key, limits, FactReader(terminology), Renderer(catalog))
+                   FhirClient.from_settings(settings), audit_key, limits,
+                   FactReader(terminology, parameters, assertions), Renderer(catalog), parameters)

@@ -20,7 +20,7 @@ SAFETY_LAB_SETS = ("lab-creatinine", "lab-egfr", "lab-iga", "lab-weight")
 PULMONARY_SETS = ("lab-fvc", "lab-fvc-pct", "lab-dlco", "lab-dlco-pct")
 
 # Keys without which nothing can be decided: missing and unobtainable -> 412.
-REQUIRED_KEYS = frozenset({"myositisAntibodies", "conditions", "medications"})
+REQUIRED_KEYS = frozenset({"myositisAntibodies", "conditions"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,10 @@ def prefetch_templates(terminology: Terminology) -> dict[str, str]:
         "conditions": f"Condition?patient={patient}",
         "medications": f"MedicationRequest?patient={patient}",
         "medicationStatements": f"MedicationStatement?patient={patient}",
+        # Past IVIG courses given (administrations), counted over the last 12 months.
+        "medicationAdministrations": f"MedicationAdministration?patient={patient}",
+        "pregnancyStatus": f"Observation?patient={patient}"
+                           f"&code={_codes(terminology, ('observation-pregnancy-status',))}&_sort=-date",
         "safetyLabs": f"Observation?patient={patient}&code={_codes(terminology, SAFETY_LAB_SETS)}"
                       "&_sort=-date",
         "pulmonaryFunction": f"Observation?patient={patient}&code={_codes(terminology, PULMONARY_SETS)}"

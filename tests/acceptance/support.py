@@ -71,11 +71,13 @@ def ago_dt(days: int) -> str:
 def table(*, ild: bool = False, myositis: bool = False, asys_coded: bool = False,
           synthetase_positive: bool = False, pl7: bool = False, ro52: bool = False, mda5: bool = False,
           other_positive: bool = False, first_line: bool = False, antibody_on_record: bool = True,
-          safety: str | None = None) -> list[tuple[str, str]]:
+          safety: str | None = None, rp_ild: bool = False) -> list[tuple[str, str]]:
     """(card id, indicator) expected for an in-scope IVIG order, in critical > warning > info order.
 
     ``synthetase_positive``: Jo-1, PL-7, PL-12, EJ or OJ positive (any strength; equivocal is not).
     ``safety``: None (no safety finding), "warning" or "critical" (IgA deficiency).
+    ``rp_ild``: rapidly progressive ILD (coded, or the FVC decline rule): the PL-7 + Ro52 phenotype
+    needs it (issue 12); ``pl7``/``ro52`` mean positive, not only weakly.
     """
     synthetase_positive = synthetase_positive or pl7
     asys = asys_coded or (synthetase_positive and (ild or myositis))
@@ -87,10 +89,11 @@ def table(*, ild: bool = False, myositis: bool = False, asys_coded: bool = False
         cards.append(("ivig-not-first-line", "warning"))
     if asys and ild and first_line:
         cards.append(("ivig-adjunct-in-context", "info"))
-    if pl7 and ro52 and ild:
+    if pl7 and ro52 and ild and rp_ild:
         cards.append(("asys-high-risk-phenotype", "warning"))
     if mda5 and ild:
-        cards.append(("mda5-ild-ivig-adjunct", "info"))
+        # a warning when no first-line immunosuppression is on record or co-ordered (issue 12)
+        cards.append(("mda5-ild-ivig-adjunct", "info" if first_line else "warning"))
     if safety:
         cards.append(("ivig-safety", safety))
     if ild and (asys or mda5):
@@ -444,7 +447,8 @@ def call(client: FlaskClient, body: dict[str, Any], path: str | None = None,
     return check_response(response.get_json(), body)
 
 
-REQUIRED = ("myositisAntibodies", "conditions", "medications")  # prefetch keys without which: 412
+# Prefetch keys without which: 412 (issue 12 item 11: only conditions and antibodies decide a 412).
+REQUIRED = ("myositisAntibodies", "conditions")
 
 
 def oo_body(response: Any, *keys: str) -> dict[str, Any]:

@@ -45,7 +45,8 @@ ENCODINGS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, bool]] = {
     # name: (antibody Observation fields, ILD Condition fields or None for the default, synthetase positive?)
     "jo1-valuestring-plus-plus-plus": ({"code": concept(coding(LOINC, "33571-1")), "valueString": "+++"}, None, True),
     "jo1-valuestring-neg": ({"code": concept(coding(LOINC, "33571-1")), "valueString": "Neg"}, None, False),
-    "pl7-weak-positive": ({"code": concept(coding(LOINC, "33772-5")), "valueString": "Weak positive"}, None, True),
+    # issue 12: a weak-positive synthetase antibody alone does not define ASyS
+    "pl7-weak-positive": ({"code": concept(coding(LOINC, "33772-5")), "valueString": "Weak positive"}, None, False),
     "pl7-borderline": ({"code": concept(coding(LOINC, "33772-5")), "valueString": "Borderline"}, None, False),
     "ej-interpretation-ind": ({"code": concept(coding(LOINC, "45149-2")), "interpretation": interp("IND")},
                               None, False),
@@ -135,7 +136,7 @@ def test_local_codes_matched_by_alias_text(client: FlaskClient, templates: dict[
     record.renal_ok()
     ivig = draft(record.pid, "acc-alias-ivig", concept(text="IVIG 0.4 g/kg/day x 5 days"))
     cards = call(client, hook_request("order-sign", record, [ivig], templates=templates["order-sign"]))
-    same_cards(ids(cards), table(ild=True, pl7=True, ro52=True, mda5=True))
+    same_cards(ids(cards), table(ild=True, pl7=True, ro52=True, mda5=True, rp_ild=True))
 
 
 # Once a defect found by these tests (fixed); kept as a regression test.

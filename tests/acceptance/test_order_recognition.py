@@ -16,7 +16,6 @@ from acceptance.support import (
     GAMUNEX_TEXT,
     HOOKS,
     NDC,
-    PREDNISONE,
     RXNORM,
     SNOMED,
     call,
@@ -102,11 +101,12 @@ def test_which_orders_are_ivig(client: FlaskClient, templates: dict[str, dict[st
 
 def test_order_select_only_the_selected_draft_counts(client: FlaskClient,
                                                     templates: dict[str, dict[str, str]]) -> None:
-    """Several drafts; only the prednisone is selected: silent.  order-sign sees the IVIG, with the prednisone
-    co-ordered (first-line therapy), so the adjunct card replaces the not-first-line card."""
+    """Several drafts; only the mycophenolate is selected: silent.  order-sign sees the IVIG, with the
+    mycophenolate co-ordered (first-line therapy), so the adjunct card replaces the not-first-line card.
+    (An unlabelled glucocorticoid co-ordered with the infusion is premedication since issue 12.)"""
     record, drafts, _ = pl7_quantity_ro52_lineblot()
     ivig = drafts[0]
-    pred = draft(record.pid, "acc-multi-pred", PREDNISONE)
+    pred = draft(record.pid, "acc-multi-pred", concept(coding(RXNORM, "68149", "mycophenolate mofetil")))
     pft = {"resourceType": "ServiceRequest", "id": "acc-multi-pft", "status": "draft", "intent": "order",
            "subject": record.subject, "code": concept(text="Pulmonary function tests")}
     orders = [pred, ivig, pft]

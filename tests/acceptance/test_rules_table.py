@@ -74,6 +74,8 @@ def _fact_line(detail: str, reference: str) -> str:
 def test_detail_starts_with_why_and_names_each_fact_with_value_date_and_resource(
         client: FlaskClient, templates: dict[str, dict[str, str]]) -> None:
     record, drafts, _ = pl7_quantity_ro52_lineblot()
+    # the phenotype card needs rapidly progressive ILD (issue 12)
+    record.cond("acc-pl7-q-rpild", concept(text="Rapidly progressive interstitial lung disease"), days=14)
     cards = call(client, hook_request("order-sign", record, drafts, templates=templates["order-sign"]))
     for c in cards:
         assert c["detail"].lstrip("*# ").lower().startswith("why you are seeing this"), c["detail"][:80]

@@ -64,7 +64,9 @@ class Renderer:
             return f"- {md_escape(fact.label)}"
         return template.render(**values).strip()
 
-    def render_notes(self, card_id: str, notes: list[DataNote]) -> Markup:
+    def render_notes(self, card_id: str, notes: list[DataNote], fired: frozenset[str] = frozenset()) -> Markup:
+        """What could not be read or checked.  A key's note goes to the cards it affects; when none
+        of those fired, to every card that did, so that no unavailable key goes unmentioned."""
         lines: list[str] = []
         data_notes = self.shared.get("unavailable_data", {}) or {}
         skipped = self.shared.get("skipped_reasons", {}) or {}
@@ -72,7 +74,10 @@ class Renderer:
         for note in notes:
             if note.kind == "failed-key":
                 entry = data_notes.get(note.key)
-                if not isinstance(entry, dict) or card_id not in (entry.get("affects") or []):
+                if not isinstance(entry, dict):
+                    continue
+                affects = set(entry.get("affects") or [])
+                if card_id not in affects and (affects & fired or not fired):
                     continue
                 template = self._shared_templates.get("data_note_line")
                 text = str(entry.get("text", ""))
@@ -150,21 +155,21 @@ class Renderer:
         return f"{base_url.rstrip('/')}/review/{card_id}"
 
     def render(self, decision: Decision, variables: TemplateVariables, notes: list[DataNote],
-               base_url: str, policy: str, patient_id: str | None = None) -> Card:
+               base_url: str, policy: str, patient_id: str | None = None, fired: Iterable[str] = ()) -> Card:
         """The card for ``decision``: patient values escaped, static parts rendered once.
         Raises ``RenderError`` when the card's own template fails for this context."""
         try:
-            return self._render(decision, variables, notes, base_url, policy, patient_id)
+            return self._render(decision, variables, notes, base_url, policy, patient_id, frozenset(fired))
         except (TemplateError, TypeError, ValueError, AttributeError, KeyError, ArithmeticError) as exc:
             raise RenderError(decision.card_id, exc) from exc
 
     def _render(self, decision: Decision, variables: TemplateVariables, notes: list[DataNote],
-                base_url: str, policy: str, patient_id: str | None) -> Card:
+                base_url: str, policy: str, patient_id: str | None, fired: frozenset[str]) -> Card:
         card = self.catalog.cards[decision.card_id]
         facts_md = escaped("\n".join(self.render_fact(f) for f in merge_facts(decision.facts_used)))
         context = template_context(variables, RenderVariables(
             facts_used=facts_md, findings=frozenset(decision.findings),
-            data_notes=self.render_notes(card.id, notes), patient_id=patient_id))
+            data_notes=self.render_notes(card.id, notes, fired), patient_id=patient_id))
         assert card.summary_template is not None and card.body_template is not None
         full_summary = " ".join(card.summary_template.render(**context).split())
         summary = full_summary
@@ -183,7 +188,7 @@ class Renderer:
         if links is None:
             links = self._static[("links", card.id)] = self.links(card)
         reasons_system = str(self.shared.get("override_reason_system", ""))
-        suggestions = self._suggestions(card, context)
+        suggestions = self._suggestions(card, context, frozenset(decision.findings))
         return Card(
             uuid=new_uuid(),
             summary=summary,
@@ -201,11 +206,14 @@ class Renderer:
             full_summary=full_summary,
         )
 
-    def _suggestions(self, card: CardContent, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _suggestions(self, card: CardContent, context: Mapping[str, Any],
+                     findings: frozenset[str]) -> list[dict[str, Any]]:
         suggestions = []
         for suggestion in card.meta.get("suggestions", []) or []:
+            if findings & {str(f) for f in suggestion.get("unless", []) or []}:
+                continue  # e.g. no "remove the IVIG order" in pregnancy, no PFT order after recent PFTs
             rendered_s = self._render_structure(
-                {k: v for k, v in suggestion.items() if k != "actions"}, context)
+                {k: v for k, v in suggestion.items() if k not in ("actions", "unless")}, context)
             item: dict[str, Any] = {"label": rendered_s.get("label"), "uuid": new_uuid()}
             if rendered_s.get("is_recommended"):
                 item["isRecommended"] = True
