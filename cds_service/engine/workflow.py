@@ -89,7 +89,7 @@ def apply_workflow(runtime: Runtime, result: CallResult, *, client_iss: str | No
             result.withheld.append(Withheld(card.card_id, SHADOW))
             entries.append(_entry(runtime, card.card_id, SHADOW, card))
         audit.outcome, audit.status_code = f"shadow-{would}", 200
-        result.status, kept = 200, []
+        result.status, result.body, kept = 200, {"cards": []}, []
     elif client_call and kept:
         kept = _remember(runtime, result, kept, entries, client_iss)
     result.cards = kept
