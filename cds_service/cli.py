@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cds_service.devtools import fire, keys
+from cds_service.logs import configure_logging
 from cds_service.protocol import HOOKS
 from cds_service.settings import DEV_OVERRIDES, SettingsError, load_settings
 
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    # The service's own set-up (one redacting handler); ``serve`` raises the level from the settings.
+    configure_logging("WARNING")
     parser = build_parser()
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -100,11 +100,14 @@ def install_filter(handler: logging.Handler) -> None:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Root handler on stderr with the redacting filter; idempotent (tests create many apps)."""
+    """Root handler on stderr with the redacting filter; idempotent (tests create many apps).
+
+    One handler only: when the host already gave the root logger a handler (a WSGI server, the test
+    runner), that one prints our lines - a second would print each line twice."""
     global _configured
     _install_record_factory()
     root = logging.getLogger()
-    if not _configured:
+    if not _configured and not root.handlers:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         root.addHandler(handler)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cds_service.clinical.contract import CardId
+
 ENV_PREFIX = "CDS_"
 # In a checkout these resolve to its top-level cards/ and fixtures/; in a wheel they are package data.
 PACKAGE_CONTENT_DIR = Path(__file__).resolve().parent / "_content"
@@ -64,6 +66,10 @@ class Settings:
     CARDS_DIR: str = str(DEFAULT_CARDS_DIR)
     FIXTURES_DIR: str = str(DEFAULT_FIXTURES_DIR)
     LOG_LEVEL: str = "INFO"
+    # -- workflow: go-live and the clinician's decisions (issue 14) ------------------------
+    MODE: str = "live"  # live | shadow
+    DISABLED_CARDS: str = ""  # comma-separated card ids never served
+    DECISION_MEMORY_HOURS: float = 24.0  # 0 = no decision memory
 
     # ---------------------------------------------------------------------------------
     @property
@@ -77,6 +83,10 @@ class Settings:
     @property
     def jwt_algorithms(self) -> list[str]:
         return [a.strip() for a in self.JWT_ALGORITHMS.split(",") if a.strip()]
+
+    @property
+    def disabled_cards(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.DISABLED_CARDS.split(",") if c.strip())
 
     @property
     def base_url(self) -> str:
@@ -103,6 +113,18 @@ class Settings:
         for alg in self.jwt_algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise SettingsError(f"JWT_ALGORITHMS may not contain {alg!r} (no 'none', no symmetric algorithms)")
+        self._validate_workflow()
+
+    def _validate_workflow(self) -> None:
+        if self.MODE not in ("live", "shadow"):
+            raise SettingsError(f"MODE must be 'live' or 'shadow', not {self.MODE!r}")
+        known = {card_id.value for card_id in CardId}
+        unknown = sorted(self.disabled_cards - known)
+        if unknown:
+            raise SettingsError(f"DISABLED_CARDS names unknown card id(s) {', '.join(map(repr, unknown))}; "
+                                f"known card ids: {', '.join(sorted(known))}")
+        if self.DECISION_MEMORY_HOURS < 0:
+            raise SettingsError("DECISION_MEMORY_HOURS may not be negative (0 turns decision memory off)")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -203,6 +225,11 @@ DESCRIPTIONS: dict[str, str] = {
     "CARDS_DIR": "card content, references and value sets",
     "FIXTURES_DIR": "fixture patients (demo, review packet, `cds-service fire`)",
     "LOG_LEVEL": "log level of the service's loggers",
+    "MODE": "`live` (serve cards) or `shadow` (answer every hook call `{\"cards\": []}`, never 412, and audit "
+            "what would have been shown)",
+    "DISABLED_CARDS": "comma-separated card ids never served, in any mode (audited as withheld); "
+                      "an unknown id stops start-up",
+    "DECISION_MEMORY_HOURS": "how long decision memory lasts, in hours (0 = off); see *Going live*",
 }
 
 

@@ -524,7 +524,7 @@ def test_approved_card_is_served_until_edited_and_again_when_reapproved(
     assert served(app) == []
     store = app.extensions["cds_runtime"].store
     assert store.flush()
-    withheld = json.loads(store.audit_rows()[-1]["withheld"])
+    withheld = [{"cardId": w["cardId"], "reason": w["reason"]} for w in json.loads(store.audit_rows()[-1]["withheld"])]
     assert {"cardId": "ivig-not-first-line", "reason": "approval-hash-mismatch"} in withheld
 
     approve(cards, "ivig-not-first-line", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
@@ -545,7 +545,7 @@ def test_expired_review_is_withheld(content: tuple[Path, Path], policy_app: Call
     assert served(app) == []
     store = app.extensions["cds_runtime"].store
     assert store.flush()
-    withheld = json.loads(store.audit_rows()[-1]["withheld"])
+    withheld = [{"cardId": w["cardId"], "reason": w["reason"]} for w in json.loads(store.audit_rows()[-1]["withheld"])]
     assert {"cardId": "asys-high-risk-phenotype", "reason": "review-overdue"} in withheld
 
 
@@ -672,27 +672,38 @@ def test_report_counts(database_url: str, capsys: pytest.CaptureFixture[str]) ->
     store.close()
 
     since = (now - timedelta(days=7)).date()
-    rows = {(r["card_id"], r["version"]): r for r in report_rows(database_url, since)}
+    rows = {(r["cardId"], r["version"]): r for r in report_rows(database_url, since, CARDS)}
     assert set(rows) == {("ivig-safety", "1.0.0"), ("ivig-safety", "1.1.0"), ("ild-monitoring", "1.0.0")}
     safety = rows[("ivig-safety", "1.0.0")]
-    assert (safety["shown"], safety["accepted"], safety["overridden"]) == (4, 1, 3)
-    assert safety["override_reasons"] == {"risk-reviewed-benefit-outweighs (Risk reviewed)": 2,
-                                          "renal-function-checked-elsewhere (Renal checked)": 1}
+    assert (safety["shown"], safety["accepted"], safety["overridden"], safety["overrideRate"]) == (4, 1, 3, 0.75)
+    assert safety["overrideReasons"] == [
+        {"code": "risk-reviewed-benefit-outweighs", "display": "Risk reviewed", "count": 2},
+        {"code": "renal-function-checked-elsewhere", "display": "Renal checked", "count": 1}]
     newer = rows[("ivig-safety", "1.1.0")]
-    assert (newer["shown"], newer["accepted"], newer["overridden"], newer["override_reasons"]) == (1, 0, 1, {})
+    assert (newer["shown"], newer["accepted"], newer["overridden"], newer["overrideReasons"]) == (1, 0, 1, [])
     ild = rows[("ild-monitoring", "1.0.0")]
     assert (ild["shown"], ild["accepted"], ild["overridden"]) == (1, 0, 0)
 
     assert main(["report", "--since", since.isoformat(), "--database-url", database_url, "--format", "json"]) == 0
     reported = json.loads(capsys.readouterr().out)
-    assert [(r["card_id"], r["version"], r["shown"]) for r in reported] == [
+    assert [(r["cardId"], r["version"], r["shown"]) for r in reported] == [
         ("ild-monitoring", "1.0.0", 1), ("ivig-safety", "1.0.0", 4), ("ivig-safety", "1.1.0", 1)]
+    assert set(reported[0]) == {"cardId", "version", "contentHash", "shown", "shadow", "suppressed", "withheld",
+                                "accepted", "overridden", "overrideReasons", "overrideRate"}
+
+    assert main(["report", "--since", since.isoformat(), "--database-url", database_url, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert lines[0] == ("cardId,version,contentHash,shown,shadow,suppressed,withheld,accepted,overridden,"
+                        "overrideRate,overrideReasons")
+    assert lines[2] == (f"ivig-safety,1.0.0,{'h' * 64},4,0,0,0,1,3,0.75,"
+                        "Risk reviewed [risk-reviewed-benefit-outweighs]: 2; "
+                        "Renal checked [renal-function-checked-elsewhere]: 1")
 
     assert main(["report", "--since", since.isoformat(), "--database-url", database_url]) == 0
-    lines = capsys.readouterr().out.strip().split("\n")
-    assert lines[0] == "card_id,version,shown,accepted,overridden,override_reasons"
-    assert lines[2] == ("ivig-safety,1.0.0,4,1,3,renal-function-checked-elsewhere (Renal checked): 1; "
-                        "risk-reviewed-benefit-outweighs (Risk reviewed): 2")
+    text_lines = capsys.readouterr().out.split("\n")
+    assert text_lines[0].split() == ["card", "version", "hash", "shown", "shadow", "suppressed", "withheld",
+                                     "accepted", "overridden", "rate"]
+    assert "overridden: Risk reviewed [risk-reviewed-benefit-outweighs] x2" in "\n".join(text_lines)
 
 
 def test_report_after_real_hook_calls_and_feedback(make_app: Callable[..., Flask]) -> None:
@@ -708,11 +719,13 @@ def test_report_after_real_hook_calls_and_feedback(make_app: Callable[..., Flask
     assert response.status_code == 200
     runtime = app.extensions["cds_runtime"]
     assert runtime.store.flush()
-    rows = {r["card_id"]: r for r in report_rows(runtime.settings.DATABASE_URL, TODAY - timedelta(days=1))}
+    rows = {r["cardId"]: r for r in report_rows(runtime.settings.DATABASE_URL, TODAY - timedelta(days=1))}
     assert set(rows) == {c["source"]["topic"]["code"] for c in cards}
     assert rows["ivig-not-first-line"]["overridden"] == 1
-    assert rows["ivig-not-first-line"]["override_reasons"] == {f"{reason['code']} ({reason['display']})": 1}
-    assert format_rows([], "csv") == "card_id,version,shown,accepted,overridden,override_reasons\n"
+    assert rows["ivig-not-first-line"]["overrideReasons"] == [
+        {"code": reason["code"], "display": reason["display"], "count": 1}]
+    assert format_rows([], "csv") == ("cardId,version,contentHash,shown,shadow,suppressed,withheld,accepted,"
+                                      "overridden,overrideRate,overrideReasons\n")
 
 
 def test_report_rejects_a_bad_date(capsys: pytest.CaptureFixture[str]) -> None:

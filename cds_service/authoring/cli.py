@@ -70,8 +70,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    settings = _settings()
     try:
-        rows = report_job.report_rows(args.database_url or _settings().DATABASE_URL, args.since)
+        rows = report_job.report_rows(args.database_url or settings.DATABASE_URL, args.since,
+                                      args.cards_dir or settings.CARDS_DIR)
     except _STORE_ERRORS as exc:  # the store is down or the URL is wrong: say so, without the URL
         print(f"error: the report could not be read from the store ({type(exc).__name__})", file=sys.stderr)
         return 1
@@ -120,10 +122,17 @@ def add_cards_commands(subparsers: Subparsers) -> None:
 
 def add_report_command(subparsers: Subparsers) -> None:
     """``report --since``."""
-    report_p = subparsers.add_parser("report", help="per card and version: shown, accepted, overridden")
+    report_p = subparsers.add_parser(
+        "report", help="per card and content version: shown, shadow, suppressed, withheld, accepted, overridden",
+        description="Per card and content version since --since: shown; shadow (would have been shown in "
+                    "shadow mode); suppressed by decision memory; withheld (disabled, unapproved); accepted; "
+                    "overridden, by reason (displays from the card's own override reasons when the client "
+                    "sent only a code); override rate = overridden / shown.")
     report_p.add_argument("--since", required=True, type=_iso_date, help="YYYY-MM-DD (UTC)")
-    report_p.add_argument("--format", choices=report_job.FORMATS, default="csv")
+    report_p.add_argument("--format", choices=report_job.FORMATS, default="text")
     report_p.add_argument("--database-url", help="SQLAlchemy URL (default: CDS_DATABASE_URL)")
+    report_p.add_argument("--cards-dir", help="card content, for override reason displays "
+                          "(default: CDS_CARDS_DIR or the package's cards)")
     report_p.set_defaults(func=_cmd_report)
 
 

@@ -254,3 +254,13 @@ def _build_packet(catalog: Catalog, fixtures_dir: Path, today: date) -> dict[str
         "summary": summary,
         "cards": cards,
     }
+
+
+# -- usage figures (the report's, per card) ---------------------------------------------------------
+def with_usage(packet: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], since: date) -> dict[str, Any]:
+    """The packet with ``usage``: ``cds-service report``'s rows since ``since``, by card id.  The cached
+    packet is not changed (a shallow copy carries the figures)."""
+    by_card: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_card.setdefault(str(row["cardId"]), []).append(dict(row))
+    return {**packet, "usage": {"since": since.isoformat(), "by_card": by_card}}

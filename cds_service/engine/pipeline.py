@@ -25,6 +25,7 @@ from cds_service.engine.fhir import Gathered, gather
 from cds_service.engine.runtime import Runtime
 from cds_service.engine.services import ServiceDefinition
 from cds_service.engine.store import AuditRecord, patient_hmac
+from cds_service.engine.workflow import apply_workflow
 from cds_service.errors import PreconditionFailed
 from cds_service.protocol import HookRequest
 from cds_service.protocol.card import Card, sort_cards
@@ -54,15 +55,21 @@ def today_utc() -> date:
 
 def run(runtime: Runtime, service: ServiceDefinition, request: HookRequest, *,
         base_url: str | Callable[[], str] = "", client_iss: str | None = None,
-        started: float | None = None, today: date | None = None, policy: str | None = None) -> CallResult:
+        started: float | None = None, today: date | None = None, policy: str | None = None,
+        client_call: bool = False) -> CallResult:
     """One hook call.  ``base_url`` may be a callable: it is only needed when cards are rendered.
-    ``today`` and ``policy`` default to the clock and the configured content policy."""
+    ``today`` and ``policy`` default to the clock and the configured content policy.
+    ``client_call``: the answer goes to a CDS client (shadow mode and decision memory apply, issued
+    cards are recorded); the demo page and the review packet leave it False."""
     started = time.perf_counter() if started is None else started
     audit = AuditRecord(service_id=service.id, hook=service.hook, outcome="no-cards", status_code=200,
                         latency_ms=0.0, hook_instance=request.hook_instance, client_iss=client_iss,
                         patient_hmac=patient_hmac(runtime.audit_key, request.patient_id))
 
     def finish(result: CallResult) -> CallResult:
+        # -- workflow (issue 14): per-card switch, shadow mode, decision memory; see workflow.py --
+        result = apply_workflow(runtime, result, client_iss=client_iss, client_call=client_call)
+        # -- end workflow --
         audit.latency_ms = (time.perf_counter() - started) * 1000
         return result
 

@@ -8,6 +8,7 @@ out, and the loss is counted and reported on ``/readyz``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     create_engine,
     func,
     insert,
+    literal,
     select,
     text,
 )
@@ -89,6 +92,42 @@ audit_cards_table = Table(
 )
 
 
+# -- issued cards (decision memory; issue 15's feedback check reads it too) ---------------------------
+# One row per card that left the service in a live response, written before the response leaves, so
+# feedback for it - arriving at any replica - finds it.  No PHI: patient and draft orders are keyed
+# with the audit key.  ``client_iss`` is "" for the anonymous client of AUTH=off.
+issued_cards_table = Table(
+    "issued_card", metadata,
+    Column("card_uuid", String(100), primary_key=True),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("service_id", String(100), nullable=False),
+    Column("client_iss", String(300), nullable=False),
+    Column("patient_hmac", String(64), nullable=False),
+    Column("order_hmac", String(64), nullable=False),
+    Column("card_id", String(100), nullable=False),
+    Column("version", String(40), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("facts_fingerprint", String(64), nullable=False),
+    Index("ix_issued_card_memory", "client_iss", "patient_hmac", "order_hmac", "card_id"),
+)
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card this service issued to a client (``Store.issued_card(uuid)`` returns one)."""
+
+    card_uuid: str
+    issued_at: datetime
+    service_id: str
+    client_iss: str  # "" = the anonymous client of AUTH=off
+    patient_hmac: str
+    order_hmac: str
+    card_id: str
+    version: str
+    content_hash: str
+    facts_fingerprint: str
+
+
 def patient_hmac(key: bytes, patient_id: str | None) -> str | None:
     if not patient_id:
         return None
@@ -109,6 +148,18 @@ class AuditRecord:
     withheld: list[dict[str, Any]] = field(default_factory=list)
     prefetch: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+#: Audit ``withheld`` reasons that are not "withheld": what the report counts them as.
+NOT_SHOWN_KINDS = {"shadow-mode": "shadow", "decision-memory": "suppressed"}
+
+
+def _json_list(text_value: str | None) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text_value or "[]")
+    except ValueError:
+        return []
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _feedback_key(service_id: str, item: dict[str, Any]) -> str:
@@ -272,31 +323,81 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(audit_table).order_by(audit_table.c.id))]
 
+    # -- issued cards and decision memory -------------------------------------------------
+    def record_issued(self, cards: Iterable[IssuedCard]) -> None:
+        """Record cards about to leave in a response; synchronous, so that feedback for them (and the
+        next call's decision memory, at any replica) finds them.  Raises ``SQLAlchemyError``."""
+        rows = [dataclasses.asdict(card) for card in cards]
+        if not rows:
+            return
+        if not self._schema_ready:
+            self.create_schema()
+        with self.engine.begin() as conn:
+            conn.execute(insert(issued_cards_table), rows)
+
+    def issued_card(self, card_uuid: str) -> IssuedCard | None:
+        """The card issued under ``card_uuid`` (client ``iss``, issued_at, card id, hash, ...), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(issued_cards_table)
+                               .where(issued_cards_table.c.card_uuid == card_uuid)).first()
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        if values["issued_at"].tzinfo is None:  # SQLite keeps no zone: the store writes UTC
+            values["issued_at"] = values["issued_at"].replace(tzinfo=UTC)
+        return IssuedCard(**values)
+
+    def decided_cards(self, client_iss: str, patient_key: str, order_key: str,
+                      since: datetime) -> set[tuple[str, str, str]]:
+        """(card id, content hash, facts fingerprint) of the cards issued to this client for this
+        patient and draft order that the same client accepted or overrode since ``since``."""
+        issued, fb = issued_cards_table, feedback_table
+        query = (select(issued.c.card_id, issued.c.content_hash, issued.c.facts_fingerprint)
+                 .join(fb, fb.c.card_uuid == issued.c.card_uuid)
+                 .where(issued.c.client_iss == client_iss, issued.c.patient_hmac == patient_key,
+                        issued.c.order_hmac == order_key, fb.c.outcome.in_(("accepted", "overridden")),
+                        func.coalesce(fb.c.client_iss, literal("")) == issued.c.client_iss,
+                        fb.c.received_at >= since)
+                 .distinct())
+        with self.engine.connect() as conn:
+            return {(r[0], r[1], r[2]) for r in conn.execute(query)}
+
     # -- report -------------------------------------------------------------------------
     def report(self, since: datetime) -> list[dict[str, Any]]:
-        """Per card id and version: shown, accepted, overridden, override reasons with counts."""
+        """Per card id, version and content hash since ``since``: shown, shadow (would have been shown),
+        suppressed (decision memory), withheld (disabled, unapproved), accepted, overridden, and the
+        override reasons as sent ({system, code, display or None, count}).  Rates and displays from
+        the card content are the report's business (``authoring/report.py``)."""
+        cards, fb = audit_cards_table, feedback_table
         with self.engine.connect() as conn:
             shown = conn.execute(
-                select(audit_cards_table.c.card_id, audit_cards_table.c.version, func.count())
-                .where(audit_cards_table.c.audit_at >= since)
-                .group_by(audit_cards_table.c.card_id, audit_cards_table.c.version)
+                select(cards.c.card_id, cards.c.version, cards.c.content_hash, func.count())
+                .where(cards.c.audit_at >= since)
+                .group_by(cards.c.card_id, cards.c.version, cards.c.content_hash)
             ).all()
             outcomes = conn.execute(
-                select(audit_cards_table.c.card_id, audit_cards_table.c.version, feedback_table.c.outcome,
-                       feedback_table.c.override_code, feedback_table.c.override_display,
-                       feedback_table.c.card_uuid)
-                .join(feedback_table, feedback_table.c.card_uuid == audit_cards_table.c.card_uuid)
-                .where(audit_cards_table.c.audit_at >= since)
-                .order_by(feedback_table.c.id)
+                select(cards.c.card_id, cards.c.version, cards.c.content_hash, fb.c.outcome,
+                       fb.c.override_system, fb.c.override_code, fb.c.override_display, fb.c.card_uuid)
+                .join(fb, fb.c.card_uuid == cards.c.card_uuid)
+                .where(cards.c.audit_at >= since)
+                .order_by(fb.c.id)
             ).all()
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for card_id, version, count in shown:
-            rows[(card_id, version)] = {"card_id": card_id, "version": version, "shown": count,
-                                        "accepted": 0, "overridden": 0, "override_reasons": {}}
+            not_shown = conn.execute(
+                select(audit_table.c.withheld)
+                .where(audit_table.c.at >= since, audit_table.c.withheld.is_not(None))
+            ).all()
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+        def row_for(card_id: str, version: str, content_hash: str) -> dict[str, Any]:
+            return rows.setdefault((card_id, version, content_hash), {
+                "cardId": card_id, "version": version, "contentHash": content_hash, "shown": 0, "shadow": 0,
+                "suppressed": 0, "withheld": 0, "accepted": 0, "overridden": 0, "overrideReasons": []})
+
+        for card_id, version, content_hash, count in shown:
+            row_for(card_id, version, content_hash)["shown"] += count
         counted: set[tuple[str, str]] = set()
-        for card_id, version, outcome, code, display, card_uuid in outcomes:
-            row = rows.setdefault((card_id, version), {"card_id": card_id, "version": version, "shown": 0,
-                                                        "accepted": 0, "overridden": 0, "override_reasons": {}})
+        for card_id, version, content_hash, outcome, system, code, display, card_uuid in outcomes:
+            row = row_for(card_id, version, content_hash)
             # A card answered twice (e.g. override then accept) counts once per outcome.
             if (card_uuid, outcome) in counted:
                 continue
@@ -306,13 +407,20 @@ class Store:
             elif outcome == "overridden":
                 row["overridden"] += 1
                 if code:
-                    # Counted by code; the first display seen names it.
-                    reasons = row["override_reasons"]
-                    label = next((k for k in reasons if k == code or k.startswith(f"{code} (")), None)
-                    if label is None:
-                        label = f"{code} ({display})" if display else code
-                    reasons[label] = reasons.get(label, 0) + 1
-        return sorted(rows.values(), key=lambda r: (r["card_id"], r["version"]))
+                    # Counted by code; the first display sent names it.
+                    reason = next((r for r in row["overrideReasons"] if r["code"] == code), None)
+                    if reason is None:
+                        reason = {"system": system, "code": code, "display": display, "count": 0}
+                        row["overrideReasons"].append(reason)
+                    reason["display"] = reason["display"] or display
+                    reason["count"] += 1
+        for (withheld_json,) in not_shown:
+            for entry in _json_list(withheld_json):
+                kind = NOT_SHOWN_KINDS.get(str(entry.get("reason", "")), "withheld")
+                row = row_for(str(entry.get("cardId", "")), str(entry.get("version", "")),
+                              str(entry.get("contentHash", "")))
+                row[kind] += 1
+        return sorted(rows.values(), key=lambda r: (r["cardId"], r["version"], r["contentHash"]))
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():

@@ -68,7 +68,8 @@ def call_service(service_id: str) -> Response:
                                    client_iss=iss, latency_ms=(time.perf_counter() - started) * 1000))
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
-    result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started)
+    result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
+                          client_call=True)
     rt.store.audit(result.audit)
     log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
              result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",

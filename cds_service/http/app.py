@@ -79,9 +79,11 @@ def _error_response(error: CdsError) -> Response:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(CdsError)
     def cds_error(exc: CdsError) -> Response:
+        response = _error_response(exc)
         if exc.status == 401:
             log.info("401 on %s: %s", request.path, exc.detail or "unauthorized")
-        return _error_response(exc)
+            response.headers["WWW-Authenticate"] = "Bearer"  # RFC 6750 §3; the body stays bare
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
