@@ -8,7 +8,7 @@ of unrelated labs costs one dictionary look-up (or one pre-compiled regex search
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 from cds_service.clinical.assertion import AffirmingReader, Assertion, AssertionReader
@@ -34,6 +34,7 @@ from cds_service.clinical.matching import (
     compile_catalogue,
 )
 from cds_service.clinical.matching import PFT_PERCENT as PFT_PERCENT  # noqa: F401
+from cds_service.clinical.measures import as_kilograms, fvc_decline
 from cds_service.clinical.model import DataNote, Fact
 from cds_service.clinical.orders import bundled_medications, is_ivig, medication_concepts, reference_of
 from cds_service.clinical.parameters import ClinicalParameters
@@ -42,7 +43,6 @@ from cds_service.clinical.patient import AntibodyResult, LabValue, PatientFacts
 from cds_service.clinical.therapy import NotCounted, Therapy, TherapyReader, TherapySets, medication_date
 from cds_service.terminology import (
     Terminology,
-    ValueSet,
     as_list,
     codings,
     concept_matches,
@@ -57,11 +57,6 @@ THERAPY_REQUEST_STATUSES = {"active", "completed", "on-hold"}
 THERAPY_STATEMENT_STATUSES = {"active", "completed", "intended"}
 IVIG_COURSE_REQUEST_STATUSES = {"active", "completed"}
 IVIG_COURSE_ADMINISTRATION_STATUSES = {"completed", "in-progress"}
-PLASMA_EXCHANGE_RECENT = timedelta(days=7)
-FVC_DECLINE_WINDOW = timedelta(days=90)
-FVC_DECLINE_POINTS = 10.0
-# Data sanity, not clinical advice: no human weighs a tonne; a larger value is a unit or entry error.
-PLAUSIBLE_WEIGHT_KG = 1000.0
 # The clinical scope of an indication: what the IVIG order or a glucocorticoid may be for.
 SCOPE_CONDITIONS = (ConditionKey.ILD, ConditionKey.RP_ILD, ConditionKey.MYOSITIS, ConditionKey.ASYS)
 # Conditions whose history counts whatever their clinical status.
@@ -185,7 +180,7 @@ class _Extractor:
         if lab is None:
             return
         if name == LabKey.WEIGHT:
-            lab = _as_kilograms(lab)
+            lab = as_kilograms(lab)
             if lab is None:
                 raise Unreadable("unreadable-value")
         current = self.facts.labs.get(name)
@@ -343,7 +338,8 @@ class _Extractor:
             when = parse_date(res.get("performedDateTime")) or (
                 (parse_date(period.get("end")) or parse_date(period.get("start")))
                 if isinstance(period, Mapping) else None)
-            recent = when is not None and abs(self.facts.today - when) <= PLASMA_EXCHANGE_RECENT
+            window = self.parameters.days("plasma_exchange_recent_days")
+            recent = when is not None and abs(self.facts.today - when) <= window
             if status not in ("in-progress", "preparation") and not (status == "completed" and recent):
                 return
         text = next(iter(concept_texts(code)), "") if code is not None else ""
@@ -385,7 +381,7 @@ class _Extractor:
             # A weak-positive synthetase antibody alone does not define ASyS (weak line-blot bands are
             # often false positives).
             facts.asys_antibody_defined = any(facts.antibody_confirmed(a) for a in SYNTHETASE_ANTIBODIES)
-        facts.fvc_decline = _fvc_decline(self.fvc_series, self.cat.pft.sets.get(PftKey.FVC_PCT))
+        facts.fvc_decline = fvc_decline(self.fvc_series, self.cat.pft.sets.get(PftKey.FVC_PCT), self.parameters)
         facts.adult = facts.age_years is None or facts.age_years >= self.parameters.adult_age_years
         if self.patient_seen and facts.age_years is None:
             facts.notes.append(DataNote("failed-key", "patientBirthDate"))
@@ -403,40 +399,6 @@ class _Extractor:
         facts.pregnancy = pregnancy[0] if pregnancy else None
         facts.ivig_courses.sort()
         return facts
-
-
-_KILOGRAMS_PER = {"kg": 1.0, "kgs": 1.0, "kilogram": 1.0, "kilograms": 1.0, "g": 0.001, "gram": 0.001,
-                  "grams": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237,
-                  "lbs.": 0.45359237, "lb.": 0.45359237, "pound": 0.45359237, "pounds": 0.45359237,
-                  "[oz_av]": 0.028349523125, "oz": 0.028349523125}
-
-
-def _as_kilograms(lab: LabValue) -> LabValue | None:
-    # The UCUM code decides when present; the display text is the fallback.
-    factor = next((_KILOGRAMS_PER[u] for u in lab.units if u in _KILOGRAMS_PER), None)
-    if factor is None or lab.value <= 0:
-        return None
-    kilograms = lab.value * factor
-    if kilograms > PLAUSIBLE_WEIGHT_KG:
-        return None  # a data error, not a weight: no dose is computed from it
-    return LabValue(round(kilograms, 1), "kg", lab.date, lab.reference, None, None, None)
-
-
-def _fvc_decline(series: list[tuple[date, float, str]], vs: ValueSet | None) -> Fact | None:
-    """A fall of ≥10 points in FVC % predicted from an earlier value within 90 days of the newest."""
-    if len(series) < 2:
-        return None
-    series = sorted(series)
-    newest_date, newest_value, newest_ref = series[-1]
-    earlier = [(d, v, r) for d, v, r in series[:-1] if newest_date - d <= FVC_DECLINE_WINDOW]
-    if not earlier:
-        return None
-    peak_date, peak_value, _ = max(earlier, key=lambda item: item[1])
-    if peak_value - newest_value < FVC_DECLINE_POINTS:
-        return None
-    return Fact(label=vs.title if vs else "FVC % predicted",
-                value_text=f"{peak_value:g} → {newest_value:g} ({peak_date.isoformat()} → {newest_date.isoformat()})",
-                date=newest_date.isoformat(), reference=newest_ref)
 
 
 class FactReader:

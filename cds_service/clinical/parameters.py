@@ -71,6 +71,9 @@ class ClinicalParameters:
     renal_abnormal_window_days: int
     renal_recent_window_days: int
     egfr_low: float
+    fvc_decline_window_days: int
+    fvc_decline_points: float
+    plasma_exchange_recent_days: int
     premedication_cues: tuple[str, ...] = ()
     non_systemic_route_cues: tuple[str, ...] = ()
     products: tuple[Product, ...] = ()
