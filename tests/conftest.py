@@ -41,7 +41,8 @@ def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
     def factory(**config: Any) -> Flask:
         from cds_service import create_app
 
-        settings = {"AUTH": "off", "DATABASE_URL": f"sqlite:///{tmp_path / 'ivig-cds.sqlite3'}", **config}
+        settings = {"AUTH": "off", "PROFILE": "development",
+                    "DATABASE_URL": f"sqlite:///{tmp_path / 'ivig-cds.sqlite3'}", **config}
         app = create_app(settings)
         app.testing = True
         made.append(app)
@@ -101,3 +102,20 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def issue_cards(app: Flask, service_id: str, *card_uuids: str, iss: str | None = None,
+                hours_ago: float = 0.0) -> None:
+    """Record ``card_uuids`` as cards this service issued to ``iss`` (feedback is accepted only for
+    those: issue 15 item 9).  What the hook endpoint records after answering a call."""
+    from datetime import UTC, datetime, timedelta
+
+    from cds_service.engine.store import AuditRecord
+
+    store = app.extensions["cds_runtime"].store
+    record = AuditRecord(service_id=service_id, hook="order-select", outcome="cards", status_code=200,
+                         latency_ms=0.0, client_iss=iss,
+                         at=datetime.now(UTC) - timedelta(hours=hours_ago),
+                         cards=[{"uuid": u, "cardId": "test-card", "version": "1", "contentHash": "0" * 64}
+                                for u in card_uuids])
+    assert store.record_issued(record, timeout=5.0)

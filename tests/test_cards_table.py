@@ -56,7 +56,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
              if k.startswith("CDS_") and k != "CDS_TEST_DATABASE_URL"}
     try:
         database = tmp_path_factory.mktemp("cards-table") / "ivig-cds.sqlite3"
-        application = create_app({"AUTH": "off", "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{database}"})
+        application = create_app({"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{database}"})
     finally:
         os.environ.update(saved)
     application.testing = True

@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse
 
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
 from cds_service.engine.services import default_services
+from tests.conftest import issue_cards
 
 SERVICE_FOR_HOOK = {s.hook: s.id for s in default_services().values()}
 SELECT = f"/cds-services/{SERVICE_FOR_HOOK['order-select']}"
@@ -340,6 +341,7 @@ def test_surrogate_pairs_are_fine(client: FlaskClient) -> None:
     body["feedback"][0]["overrideReason"] = {"userComment": "💊 ok"}
     text = json.dumps(body, ensure_ascii=True)
     assert "\\ud83d\\udc8a" in text
+    issue_cards(client.application, "ivig-order-select", body["feedback"][0]["card"])
     assert post(client, FEEDBACK, text.encode()).status_code == 200
 
 

@@ -8,10 +8,12 @@ from cds_service.settings import Settings
 
 
 def register_web(app: Flask, settings: Settings) -> None:
-    """Register the review pages always, the demo only when enabled."""
+    """Register the review pages when ``REVIEW_PAGES`` allows (development profile by default), the demo
+    only when enabled."""
     from cds_service.http.web import review
 
-    app.register_blueprint(review.bp)
+    if settings.review_pages:
+        app.register_blueprint(review.bp)
     if settings.DEMO:
         from cds_service.http.web import demo
 
