@@ -452,13 +452,15 @@ class Store:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-        statement = dialect_insert(jti_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
+        # RETURNING says whether this call inserted the row (psycopg reports no rowcount for ON CONFLICT).
+        statement = (dialect_insert(jti_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
+                     .returning(jti_table.c.key))
         with self.engine.begin() as conn:
-            if conn.execute(statement).rowcount == 1:
+            if conn.execute(statement).first() is not None:
                 first = True
             else:  # remembered: usable again only once the old entry has expired
                 first = conn.execute(update(jti_table).where(jti_table.c.key == key, jti_table.c.expires_at <= now)
-                                     .values(expires_at=expires_at)).rowcount == 1
+                                     .values(expires_at=expires_at).returning(jti_table.c.key)).first() is not None
             if now - self._jti_pruned_at > 60:
                 self._jti_pruned_at = now
                 conn.execute(delete(jti_table).where(jti_table.c.expires_at < now - 60))
