@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import pipeline
 from cds_service.engine.store import AuditRecord, IssuedCard, feedback_field_problem
-from cds_service.errors import BadRequest, CdsError, NotFound
+from cds_service.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
 from cds_service.http.context import base_url, runtime, verifier
 from cds_service.logs import mark_sensitive
 from cds_service.protocol import check_content_type, parse_feedback, parse_json, parse_request
@@ -36,7 +36,25 @@ def authenticate() -> str | None:
 
 def read_json() -> Any:
     check_content_type(request.headers.get("Content-Type"))
-    return parse_json(request.get_data(cache=False), runtime().limits)
+    return parse_json(read_body(), runtime().limits)
+
+
+def read_body() -> bytes:
+    """The request body; ``PayloadTooLarge`` (413) past ``MAX_BODY_BYTES`` also for a chunked body (no
+    Content-Length: werkzeug would cut it at the limit, and the truncated JSON would answer 400)."""
+    limit = runtime().settings.MAX_BODY_BYTES
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)  # a declared length over the limit is 413 already
+    stream = request.environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    return bytes(body)
 
 
 def _json(body: Any, status: int = 200) -> Response:
