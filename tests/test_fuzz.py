@@ -782,4 +782,5 @@ def test_schemathesis_against_openapi(apps: dict[str, Any]) -> None:
 
         run()
     assert 200 in statuses["POST /cds-services/{service_id}"], statuses
-    assert 200 in statuses["POST /cds-services/{service_id}/feedback"], statuses
+    # Valid feedback for a made-up card uuid is 404 (only cards this service issued get feedback: issue 15).
+    assert statuses["POST /cds-services/{service_id}/feedback"] & {200, 404}, statuses

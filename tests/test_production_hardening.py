@@ -397,3 +397,13 @@ def test_an_encoded_slash_jku_is_refused_without_contacting_the_key_host(tmp_pat
         good = mint_token(private_pem, alg="ES384", kid=KID, iss=ISS, aud=BASE + SELECT, jku=prefix + "jwks.json")
         assert client.post(SELECT, json=hook_request(), headers=bearer(good)).status_code == 200
         assert jwks.hits == {"/keys/jwks.json": 1}
+
+
+def test_the_demo_page_works_with_the_review_pages_off(tmp_path: Path, keys: Any, apps: list[Flask]) -> None:
+    app = production(tmp_path, keys, DEMO=True)
+    apps.append(app)
+    client = app.test_client()
+    assert client.get("/review").status_code == 404
+    page = client.get("/demo")
+    assert page.status_code == 200
+    assert client.get("/static/review.css").status_code == 200  # the stylesheet base.html links
