@@ -7,11 +7,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /app
 RUN groupadd --system --gid 10001 cds && useradd --system --uid 10001 --gid cds --home-dir /app --shell /usr/sbin/nologin cds
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# The locked dependencies first (the tested versions, pinned), then the package itself without resolving again.
+RUN pip install -r requirements.lock
 COPY cds_service ./cds_service
 COPY cards ./cards
 COPY fixtures ./fixtures
-RUN pip install '.[postgres]' && mkdir -p /app/var && chown -R cds:cds /app/var
+RUN pip install --no-deps '.[postgres]' && mkdir -p /app/var && chown -R cds:cds /app/var
 
 USER cds
 EXPOSE 8080

@@ -2,7 +2,7 @@
 ``wrk`` (``bench/wrkload.py``, when it is on PATH) or by ``bench/loadgen.py`` (Python asyncio + httpx).
 
 gunicorn is started directly (``cds-service serve`` refuses ``CDS_AUTH=off`` without ``--dev``) with
-``CDS_AUTH=off CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`` and the
+``CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`` and the
 access log off; the service's own log lines go to a file.  The server's CPU time (master and
 workers, from /proc) and the load generator's CPU time are recorded: on a 2-core machine the load
 generator competes with the workers for the same cores.
@@ -106,6 +106,7 @@ def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_"))}
     env.update({
         "CDS_AUTH": "off",
+        "CDS_PROFILE": "development",
         "CDS_CONTENT_POLICY": "all",
         "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
         "GUNICORN_ACCESSLOG": "",

@@ -31,7 +31,7 @@ from .workloads import Workload
 
 # The in-process settings of the brief; MAX_BODY_BYTES is raised only for the scaling series (a
 # 20,000-resource body is ~22 MB, over the 5 MiB production limit).
-IN_PROCESS_CONFIG: dict[str, Any] = {"AUTH": "off", "CONTENT_POLICY": "all", "DATABASE_URL": "sqlite://"}
+IN_PROCESS_CONFIG: dict[str, Any] = {"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all", "DATABASE_URL": "sqlite://"}
 SCALING_MAX_BODY_BYTES = 256 * 1024 * 1024
 IN_PROCESS_LOG_LEVEL = "INFO"  # the production default
 

@@ -147,7 +147,8 @@ def render(results: Results, out: Path) -> str:
                     "warm-up")
         add(f"gunicorn with `{cfg.get('config_file')}`: {cfg.get('workers')} workers x {cfg.get('threads')} "
             f"threads, `{cfg.get('worker_class')}`, keep-alive {cfg.get('keepalive')} s, access log off; env "
-            "`CDS_AUTH=off CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`. Load: "
+            "`CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all "
+            "CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`. Load: "
             f"{load}. Latency is per call as the client sees it (send to full response); p50/p99 pool every "
             "call of every run; calls/s is per run (median, and the range when there are several runs).")
         add("")

@@ -45,7 +45,7 @@ class Settings:
     DEMO: bool = False  # serve /demo (always on with --dev)
     # -- storage -----------------------------------------------------------------------
     DATABASE_URL: str = "sqlite:///var/ivig-cds.sqlite3"
-    AUDIT_KEY: str = ""  # HMAC key for patient ids in audit rows; random per process when empty
+    AUDIT_KEY: str = ""  # HMAC key for patient ids in audit rows; required in production
     AUDIT_QUEUE_SIZE: int = 10_000
     # -- FHIR fallback -----------------------------------------------------------------
     FHIR_SERVERS: str = ""  # comma-separated allowed base URL prefixes, or "*" (any https)
@@ -61,7 +61,7 @@ class Settings:
     JWT_MAX_LIFETIME_S: int = 3600
     JWKS_REFRESH_INTERVAL_S: int = 300
     JWKS_TIMEOUT_S: float = 3.0
-    REDIS_URL: str = ""  # shared jti replay cache for several replicas
+    REDIS_URL: str = ""  # jti replay store; empty = the SQL store
     # -- content -----------------------------------------------------------------------
     CARDS_DIR: str = str(DEFAULT_CARDS_DIR)
     FIXTURES_DIR: str = str(DEFAULT_FIXTURES_DIR)
@@ -70,6 +70,12 @@ class Settings:
     MODE: str = "live"  # live | shadow
     DISABLED_CARDS: str = ""  # comma-separated card ids never served
     DECISION_MEMORY_HOURS: float = 24.0  # 0 = no decision memory
+    # -- production hardening (issue 15) -------------------------------------------------
+    PROFILE: str = "production"  # production | development (AUTH=off, audience from request)
+    REVIEW_PAGES: str = ""  # on | off; empty: on in the development profile, off otherwise
+    REPLAY_TIMEOUT_S: float = 0.5  # longest wait for the jti replay store before refusing
+    FEEDBACK_WINDOW_HOURS: float = 72.0  # feedback accepted for cards issued this recently
+    AUDIT_4XX_PER_MINUTE: int = 60  # refused calls audited one row each, then one summary row
 
     # ---------------------------------------------------------------------------------
     @property
@@ -114,6 +120,7 @@ class Settings:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise SettingsError(f"JWT_ALGORITHMS may not contain {alg!r} (no 'none', no symmetric algorithms)")
         self._validate_workflow()
+        self._validate_hardening()
 
     def _validate_workflow(self) -> None:
         if self.MODE not in ("live", "shadow"):
@@ -127,11 +134,72 @@ class Settings:
             raise SettingsError("DECISION_MEMORY_HOURS may not be negative (0 turns decision memory off)")
 
 
+    # -- production hardening (issue 15) -------------------------------------------------
+    @property
+    def development(self) -> bool:
+        """The development profile, chosen explicitly (``serve --dev`` or ``CDS_PROFILE=development``)."""
+        return self.PROFILE == "development"
+
+    @property
+    def review_pages(self) -> bool:
+        """``/review`` served: ``REVIEW_PAGES`` when set, else only in the development profile."""
+        if self.REVIEW_PAGES:
+            return self.REVIEW_PAGES == "on"
+        return self.development
+
+    def _validate_hardening(self) -> None:
+        if self.PROFILE not in ("production", "development"):
+            raise SettingsError(f"PROFILE must be 'production' or 'development', not {self.PROFILE!r}")
+        if self.REVIEW_PAGES not in ("", "on", "off"):
+            raise SettingsError(f"REVIEW_PAGES must be 'on' or 'off', not {self.REVIEW_PAGES!r}")
+        for name in ("REPLAY_TIMEOUT_S", "FEEDBACK_WINDOW_HOURS", "AUDIT_4XX_PER_MINUTE"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+
+    def production_problems(self) -> list[str]:
+        """What stops these settings from serving outside the development profile (empty: fine).
+
+        Production means ``AUTH=jwt``: ``AUTH=off`` needs the development profile; the JWT
+        audience comes from ``PUBLIC_BASE_URL``, never from request headers; audit rows need a
+        real ``AUDIT_KEY`` shared by every worker and replica.  Checked by ``create_app``, so every
+        entry point (``serve``, the image's gunicorn command, any WSGI file) refuses the same.
+        """
+        if self.development:
+            return []
+        problems = []
+        if self.AUTH != "jwt":
+            problems.append("AUTH=off is refused outside the development profile; use `cds-service serve --dev` "
+                            "or CDS_PROFILE=development (never in production), or configure CDS_TRUSTED_ISSUERS")
+            return problems
+        if not self.PUBLIC_BASE_URL:
+            problems.append("PUBLIC_BASE_URL is required with AUTH=jwt: it is the JWT audience (the URL clients "
+                            "call, e.g. https://cds.example.org); request headers are never trusted for it")
+        key = self.AUDIT_KEY.strip()
+        if not key:
+            problems.append("AUDIT_KEY is required with AUTH=jwt (at least 32 characters, shared by every "
+                            "replica), e.g. `openssl rand -hex 32`")
+        elif len(key) < 32:
+            problems.append("AUDIT_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        elif _placeholder(key):
+            problems.append("AUDIT_KEY is a placeholder; generate one, e.g. `openssl rand -hex 32`")
+        return problems
+
+
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "replace-me", "replaceme", "placeholder",
+                      "example", "secret", "your-key", "xxxxxxxx", "todo")
+
+
+def _placeholder(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _PLACEHOLDER_WORDS) or len(set(lowered)) < 8
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 # What ``serve --dev`` relaxes: no client auth, all content, CORS *, the demo page,
 # any https FHIR server.  Storage stays the SQLite default under ./var/.
 DEV_OVERRIDES: dict[str, Any] = {
+    "PROFILE": "development",
     "AUTH": "off",
     "CONTENT_POLICY": "all",
     "CORS_ORIGINS": "*",
@@ -205,7 +273,8 @@ DESCRIPTIONS: dict[str, str] = {
     "MAX_FEEDBACK_ITEMS": "more items in one feedback call get 400",
     "DEMO": "serve the integrators' demo page at /demo (always on with `serve --dev`)",
     "DATABASE_URL": "feedback and audit store (SQLAlchemy URL; `postgresql+psycopg://…` for PostgreSQL)",
-    "AUDIT_KEY": "HMAC key for patient ids in audit rows (random per process when empty)",
+    "AUDIT_KEY": ("HMAC key for patient ids in audit rows; required with AUTH=jwt (32+ characters, same on "
+                  "every replica; random per process in development when empty)"),
     "AUDIT_QUEUE_SIZE": "audit records queued for the background writer before new ones are counted as lost",
     "FHIR_SERVERS": "allow-list of FHIR base URL prefixes the service may query, or `*` (any https)",
     "FHIR_DEADLINE_S": "total time budget for FHIR queries in one call (seconds)",
@@ -221,7 +290,7 @@ DESCRIPTIONS: dict[str, str] = {
     "JWT_MAX_LIFETIME_S": "longest accepted client JWT lifetime, `exp - iat` (seconds)",
     "JWKS_REFRESH_INTERVAL_S": "an unknown `kid` refreshes an issuer's JWKS at most this often (seconds)",
     "JWKS_TIMEOUT_S": "timeout for fetching a JWKS (seconds)",
-    "REDIS_URL": "shared `jti` replay cache for several replicas (in-memory when empty)",
+    "REDIS_URL": "`jti` replay store shared by every worker and replica (when empty: the DATABASE_URL database)",
     "CARDS_DIR": "card content, references and value sets",
     "FIXTURES_DIR": "fixture patients (demo, review packet, `cds-service fire`)",
     "LOG_LEVEL": "log level of the service's loggers",
@@ -230,6 +299,14 @@ DESCRIPTIONS: dict[str, str] = {
     "DISABLED_CARDS": "comma-separated card ids never served, in any mode (audited as withheld); "
                       "an unknown id stops start-up",
     "DECISION_MEMORY_HOURS": "how long decision memory lasts, in hours (0 = off); see *Going live*",
+    "PROFILE": "`production` (AUTH=jwt, PUBLIC_BASE_URL and AUDIT_KEY required) or `development` "
+               "(allows AUTH=off; `serve --dev`, tests and benchmarks only)",
+    "REVIEW_PAGES": "`on` / `off`: serve the /review pages (default: on in the development profile only)",
+    "REPLAY_TIMEOUT_S": "longest wait for the jti replay store (Redis, else the database); no answer = 401",
+    "FEEDBACK_WINDOW_HOURS": "feedback accepted only for cards this service issued to the same client "
+                             "this recently",
+    "AUDIT_4XX_PER_MINUTE": "refused calls (4xx) audited one row each up to this many per minute and worker; "
+                            "the rest are counted in one summary row",
 }
 
 

@@ -41,7 +41,8 @@ def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callab
     def factory(**config: Any) -> Flask:
         from cds_service import create_app
 
-        settings = {"AUTH": "off", "DATABASE_URL": f"sqlite:///{tmp_path / 'ivig-cds.sqlite3'}", **config}
+        settings = {"AUTH": "off", "PROFILE": "development",
+                    "DATABASE_URL": f"sqlite:///{tmp_path / 'ivig-cds.sqlite3'}", **config}
         app = create_app(settings)
         app.testing = True
         made.append(app)

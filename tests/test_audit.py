@@ -110,7 +110,7 @@ def test_a_stopped_store_does_not_fail_hook_calls(make_app: Callable[..., Flask]
     store = app.extensions["cds_runtime"].store
     store.flush(20)
     ready = client.get("/readyz")
-    assert ready.status_code == 503
+    assert ready.status_code == 200  # the audit store alone does not take the replica out (issue 15)
     body = ready.get_json()
     assert body["audit"]["lost"] == 3
-    assert any("store unreachable" in reason for reason in body["reasons"])
+    assert any("store unreachable" in warning for warning in body["warnings"])

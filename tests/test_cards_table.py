@@ -34,12 +34,14 @@ CARD_SYSTEM = "https://ivig-cds.example.org/card"
 OVERRIDE_SYSTEM = "https://ivig-cds.example.org/override-reason"
 RANK = {"critical": 0, "warning": 1, "info": 2}
 # Issue 3 item 4: the indicator of each card id (ivig-safety: critical with IgA deficiency, else warning).
+# Issue 12: the MDA5 card is a warning when no first-line immunosuppression is on record or co-ordered;
+# ivig-safety is info when only predisposing factors are found.
 INDICATOR = {
     "ivig-not-first-line": {"warning"},
     "ivig-adjunct-in-context": {"info"},
     "asys-high-risk-phenotype": {"warning"},
-    "mda5-ild-ivig-adjunct": {"info"},
-    "ivig-safety": {"warning", "critical"},
+    "mda5-ild-ivig-adjunct": {"info", "warning"},
+    "ivig-safety": {"info", "warning", "critical"},
     "ild-monitoring": {"info"},
     "myositis-antibodies-missing": {"info"},
 }
@@ -56,7 +58,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
              if k.startswith("CDS_") and k != "CDS_TEST_DATABASE_URL"}
     try:
         database = tmp_path_factory.mktemp("cards-table") / "ivig-cds.sqlite3"
-        application = create_app({"AUTH": "off", "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{database}"})
+        application = create_app({"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{database}"})
     finally:
         os.environ.update(saved)
     application.testing = True

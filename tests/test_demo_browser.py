@@ -60,7 +60,7 @@ class LiveService(LoopbackServer):
 
 def _config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return {"AUTH": "off", "CONTENT_POLICY": "all", "DEMO": True, "CORS_ORIGINS": "*",
+    return {"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all", "DEMO": True, "CORS_ORIGINS": "*",
             "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "LOG_LEVEL": "WARNING", **extra}
 
 

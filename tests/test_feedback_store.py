@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from issued import issue_cards
 
 from cds_service.engine.store import Store
 
@@ -44,8 +45,19 @@ def runtime_store(client: FlaskClient) -> Store:
     return store
 
 
+def issued(client: FlaskClient, body: dict[str, Any], path: str = FEEDBACK) -> dict[str, Any]:
+    """``body`` after recording its (well-formed) card uuids as issued by the service of ``path``."""
+    service_id = path.split("/")[2]
+    cards = {i["card"] for i in body.get("feedback", []) if isinstance(i, dict) and isinstance(i.get("card"), str)
+             and 0 < len(i["card"]) <= 100}
+    fresh = [c for c in cards if runtime_store(client).issued_card(c) is None]
+    if fresh and service_id in client.application.extensions["cds_runtime"].services:
+        issue_cards(client.application, service_id, *fresh)
+    return body
+
+
 def post(client: FlaskClient, *items: dict[str, Any], path: str = FEEDBACK) -> Any:
-    return client.post(path, json={"feedback": list(items)})
+    return client.post(path, json=issued(client, {"feedback": list(items)}, path))
 
 
 def assert_ok(response: Any) -> None:
@@ -76,7 +88,7 @@ def store_client(request: pytest.FixtureRequest, make_app: Callable[..., Flask])
 @pytest.mark.parametrize("name", ["feedback-accepted.json", "feedback-overridden.json",
                                   "feedback-overridden-with-reason.json"])
 def test_spec_feedback_examples_are_accepted(client: FlaskClient, name: str) -> None:
-    assert_ok(client.post(FEEDBACK, json=example(name)))
+    assert_ok(client.post(FEEDBACK, json=issued(client, example(name))))
 
 
 def test_override_reason_with_only_code_and_system_is_accepted(client: FlaskClient) -> None:
@@ -171,7 +183,7 @@ def test_unknown_fields_and_extensions_are_accepted(client: FlaskClient) -> None
                               "display": "X", "extension": {"a": 1}})
     item["extension"] = {"com.example": {"b": 2}}
     item["somethingNew"] = "ok"
-    assert_ok(client.post(FEEDBACK, json={"feedback": [item], "extension": {"c": 3}}))
+    assert_ok(client.post(FEEDBACK, json=issued(client, {"feedback": [item], "extension": {"c": 3}})))
 
 
 # --- storage, on each backend ----------------------------------------------------------------------
@@ -227,12 +239,14 @@ def test_different_outcomes_for_one_card_are_both_stored(store_client: FlaskClie
     assert len(runtime_store(store_client).feedback_rows(card)) == 2
 
 
-def test_same_item_for_two_services_is_stored_per_service(store_client: FlaskClient) -> None:
+def test_a_card_of_one_service_gets_no_feedback_on_another(store_client: FlaskClient) -> None:
     item = overridden()
     assert_ok(post(store_client, item))
-    assert_ok(post(store_client, item, path="/cds-services/ivig-order-sign/feedback"))
+    response = post(store_client, item, path="/cds-services/ivig-order-sign/feedback")
+    assert response.status_code == 404, response.get_data(as_text=True)
+    assert set(response.get_json()) == {"error", "detail"}
     rows = runtime_store(store_client).feedback_rows(item["card"])
-    assert sorted(r["service_id"] for r in rows) == ["ivig-order-select", "ivig-order-sign"]
+    assert [r["service_id"] for r in rows] == ["ivig-order-select"]
 
 
 def test_feedback_rows_lists_everything_in_order(store_client: FlaskClient) -> None:
@@ -255,6 +269,7 @@ def test_feedback_survives_a_new_app_on_the_same_store(store_client: FlaskClient
 def test_concurrent_duplicates_are_stored_once(store_client: FlaskClient) -> None:
     app = store_client.application
     item = accepted()
+    issued(store_client, {"feedback": [item]})
     barrier = threading.Barrier(8)
 
     def send() -> int:

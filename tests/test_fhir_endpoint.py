@@ -60,7 +60,7 @@ def _strip_uuids(value: Any) -> Any:
 @pytest.fixture
 def make_app(tmp_path: Path) -> Any:
     def factory(**config: Any) -> Any:
-        settings = {"AUTH": "off", "CONTENT_POLICY": "all",
+        settings = {"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all",
                     "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.sqlite3'}", **config}
         app = create_app(settings)
         app.testing = True

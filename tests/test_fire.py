@@ -55,7 +55,7 @@ class LiveServer(LoopbackServer):
 
 @contextmanager
 def live_service(tmp: Path, **config: Any) -> Iterator[LiveServer]:
-    settings = {"AUTH": "off", "CONTENT_POLICY": "all", "LOG_LEVEL": "WARNING",
+    settings = {"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": "all", "LOG_LEVEL": "WARNING",
                 "DATABASE_URL": f"sqlite:///{tmp / 'fire.sqlite3'}", **config}
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):

@@ -416,8 +416,9 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("fuzz")
     private_pem, jwk = new_key_pair("ES384", KID)
     stranger_pem, _ = new_key_pair("ES384", KID)  # same kid, untrusted key
-    common = {"CONTENT_POLICY": "all", "AUDIT_KEY": "fuzz-audit-key"}
-    off = create_app({"AUTH": "off", "DATABASE_URL": f"sqlite:///{folder / 'off.sqlite3'}", "DEMO": True,
+    common = {"CONTENT_POLICY": "all", "AUDIT_KEY": "fuzz-audit-key", "PROFILE": "development"}
+    off = create_app({"AUTH": "off",
+                      "DATABASE_URL": f"sqlite:///{folder / 'off.sqlite3'}", "DEMO": True,
                       **common})
     on = create_app({"AUTH": "jwt", "DATABASE_URL": f"sqlite:///{folder / 'jwt.sqlite3'}",
                      "TRUSTED_ISSUERS": json.dumps({ISSUER: {"jwks": {"keys": [jwk]}}}), **common})
@@ -781,4 +782,5 @@ def test_schemathesis_against_openapi(apps: dict[str, Any]) -> None:
 
         run()
     assert 200 in statuses["POST /cds-services/{service_id}"], statuses
-    assert 200 in statuses["POST /cds-services/{service_id}/feedback"], statuses
+    # Valid feedback for a made-up card uuid is 404 (only cards this service issued get feedback: issue 15).
+    assert statuses["POST /cds-services/{service_id}/feedback"] & {200, 404}, statuses

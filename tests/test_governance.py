@@ -487,7 +487,7 @@ def policy_app(content: tuple[Path, Path], tmp_path: Path,
     made: list[Flask] = []
 
     def factory(policy: str = "approved-only") -> Flask:
-        app = create_app({"AUTH": "off", "CONTENT_POLICY": policy, "CARDS_DIR": str(cards),
+        app = create_app({"AUTH": "off", "PROFILE": "development", "CONTENT_POLICY": policy, "CARDS_DIR": str(cards),
                           "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
         made.append(app)
         return app

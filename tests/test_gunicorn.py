@@ -92,7 +92,8 @@ def test_dockerfile_cmd_is_gunicorn_with_the_packaged_config() -> None:
     # The configuration installed with the package, the one `cds-service serve` uses too.
     assert argv[2] == cli.GUNICORN_CONFIG == "python:cds_service.gunicorn_conf", argv
     config = importlib.import_module(argv[2].removeprefix("python:"))
-    assert config.worker_class == "gthread" and config.wsgi_app == argv[3]
+    assert config.worker_class == "cds_service.gunicorn_worker.BufferingThreadWorker"
+    assert config.wsgi_app == argv[3]
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -150,7 +151,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "CDS_TRUSTED_ISSUERS": json.dumps({ISS: {"jwks": {"keys": [jwk]}}}),
         "CDS_PUBLIC_BASE_URL": base_url,
         "CDS_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('gunicorn') / 'ivig-cds.sqlite3'}",
-        "CDS_AUDIT_KEY": "gunicorn-test-audit-key",
+        "CDS_AUDIT_KEY": "9c1f4e7a2b5d8036f1e4a7c0b3d6e9f2a5c8b1d4e7f0a3c6",
     })
     log_path = tmp_path_factory.mktemp("gunicorn-log") / "gunicorn.log"
     with log_path.open("wb") as log:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from issued import issue_cards
 from werkzeug.test import TestResponse
 
 from cds_service.devtools.fixtures import build_request, list_fixtures, load_fixture
@@ -340,6 +341,7 @@ def test_surrogate_pairs_are_fine(client: FlaskClient) -> None:
     body["feedback"][0]["overrideReason"] = {"userComment": "💊 ok"}
     text = json.dumps(body, ensure_ascii=True)
     assert "\\ud83d\\udc8a" in text
+    issue_cards(client.application, "ivig-order-select", body["feedback"][0]["card"])
     assert post(client, FEEDBACK, text.encode()).status_code == 200
 
 

@@ -122,7 +122,8 @@ def serving(installed: Installed) -> Iterator[tuple[str, bytes]]:
     base_url = f"http://127.0.0.1:{port}"
     log_path = installed.workdir / "serve.log"
     env = {"CDS_TRUSTED_ISSUERS": json.dumps({ISS: {"jwks": {"keys": [jwk]}}}), "CDS_PUBLIC_BASE_URL": base_url,
-           "CDS_AUDIT_KEY": "installed-test-audit-key", "GUNICORN_WORKERS": "1", "GUNICORN_ACCESSLOG": ""}
+           "CDS_AUDIT_KEY": "4b7e0a3d6f9c2e5b8a1d4f7c0e3b6a9d2f5c8e1b4a7d0f3c",
+           "GUNICORN_WORKERS": "1", "GUNICORN_ACCESSLOG": ""}
     with log_path.open("wb") as log:
         process = subprocess.Popen([str(installed.bin / "cds-service"), "serve", "--port", str(port)],
                                    cwd=installed.workdir, env=installed.env(**env), stdout=log,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from issued import issue_cards
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -342,6 +343,8 @@ def test_answers_validate_against_the_document(app: Flask, document: dict[str, A
     check(hook_path, "post", client.post("/cds-services/no-such-service", json={}))
     feedback_path = "/cds-services/{service_id}/feedback"
     for example in _examples("feedback-"):
+        issue_cards(client.application, services["order-select"],
+                    *{item["card"] for item in example["feedback"]} - _issued(client, example))
         check(feedback_path, "post", client.post(f"/cds-services/{services['order-select']}/feedback",
                                                  json=example))
     check(feedback_path, "post", client.post(f"/cds-services/{services['order-select']}/feedback",
@@ -362,3 +365,8 @@ def test_401_answers_validate_against_the_document(jwt_app: Flask) -> None:
         response = client.open(path, method=method.upper(), json={}, headers={"Authorization": "Bearer x.y.z"})
         assert response.status_code == 401
         assert valid_under(document, _declared(document, template, method, 401), response.get_json())
+
+
+def _issued(client: Any, example: dict[str, Any]) -> set[str]:
+    store = client.application.extensions["cds_runtime"].store
+    return {item["card"] for item in example["feedback"] if store.issued_card(item["card"]) is not None}

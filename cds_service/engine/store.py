@@ -16,11 +16,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -33,17 +35,20 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     func,
     insert,
     literal,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger("cds_service.engine.store")
+_T = TypeVar("_T")
 
 metadata = MetaData()
 
@@ -92,6 +97,15 @@ audit_cards_table = Table(
 )
 
 
+# -- production hardening (issue 15): replay store, issued cards --------------------------------
+# ``jti`` replay memory shared by every worker and replica and surviving restarts (when no Redis):
+# one row per (iss, jti) digest until the token expires.
+jti_table = Table(
+    "jti_seen", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
 # -- issued cards (decision memory; issue 15's feedback check reads it too) ---------------------------
 # One row per card that left the service in a live response, written before the response leaves, so
 # feedback for it - arriving at any replica - finds it.  No PHI: patient and draft orders are keyed
@@ -126,6 +140,52 @@ class IssuedCard:
     version: str
     content_hash: str
     facts_fingerprint: str
+
+
+class StoreTimeout(Exception):
+    """The store did not answer within the bounded wait."""
+
+
+def _limit(column: Column[Any]) -> int | None:
+    return getattr(column.type, "length", None)
+
+
+# Feedback fields and the column each lands in: checked before the database sees them (400, never 500).
+FEEDBACK_COMMENT_MAX = 4000
+FEEDBACK_SUGGESTIONS_MAX = 2000
+
+
+def feedback_field_problem(item: dict[str, Any]) -> str | None:
+    """Why one (schema-valid) feedback item cannot be stored, or None: every stored field fits its column."""
+    reason = item.get("overrideReason") or {}
+    coding = reason.get("reason") or {} if isinstance(reason, dict) else {}
+    checks: list[tuple[str, Any, int | None]] = [
+        ("card", item.get("card"), _limit(feedback_table.c.card_uuid)),
+        ("outcomeTimestamp", item.get("outcomeTimestamp"), _limit(feedback_table.c.outcome_timestamp)),
+        ("overrideReason.reason.system", coding.get("system"), _limit(feedback_table.c.override_system)),
+        ("overrideReason.reason.code", coding.get("code"), _limit(feedback_table.c.override_code)),
+        ("overrideReason.reason.display", coding.get("display"), _limit(feedback_table.c.override_display)),
+        ("overrideReason.userComment", reason.get("userComment") if isinstance(reason, dict) else None,
+         FEEDBACK_COMMENT_MAX),
+    ]
+    for name, value, most in checks:
+        if isinstance(value, str) and most is not None and len(value) > most:
+            return f"{name} is {len(value)} characters; at most {most} are accepted"
+    suggestions = item.get("acceptedSuggestions")
+    if suggestions:
+        size = len(json.dumps([s.get("id") for s in suggestions]))
+        if size > FEEDBACK_SUGGESTIONS_MAX:
+            return f"acceptedSuggestions take {size} characters; at most {FEEDBACK_SUGGESTIONS_MAX} are accepted"
+    return None
+
+
+def _clip(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """Strings cut to their column's length: one over-long value must not lose a whole audit batch."""
+    for name, value in row.items():
+        most = _limit(table.c[name]) if name in table.c else None
+        if most is not None and isinstance(value, str) and len(value) > most:
+            row[name] = value[:most]
+    return row
 
 
 def patient_hmac(key: bytes, patient_id: str | None) -> str | None:
@@ -303,13 +363,13 @@ class Store:
         rows = []
         card_rows = []
         for r in records:
-            rows.append({
+            rows.append(_clip(audit_table, {
                 "at": r.at, "service_id": r.service_id, "hook": r.hook, "hook_instance": r.hook_instance,
                 "client_iss": r.client_iss, "patient_hmac": r.patient_hmac, "outcome": r.outcome,
                 "status_code": r.status_code, "cards": json.dumps(r.cards) if r.cards else None,
                 "withheld": json.dumps(r.withheld) if r.withheld else None,
                 "prefetch": json.dumps(r.prefetch) if r.prefetch else None, "latency_ms": r.latency_ms,
-            })
+            }))
             for card in r.cards:
                 card_rows.append({"card_uuid": card["uuid"], "audit_at": r.at, "service_id": r.service_id,
                                   "card_id": card["cardId"], "version": card["version"],
@@ -422,8 +482,122 @@ class Store:
                 row[kind] += 1
         return sorted(rows.values(), key=lambda r: (r["cardId"], r["version"], r["contentHash"]))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush queued audit rows (waiting at most ``timeout`` seconds), then release the database.
+        Called on graceful shutdown (gunicorn's ``worker_exit``, SIGTERM): True when nothing was lost."""
+        self._flush_refused_summary()
+        flushed = True
         if self._thread is not None and self._thread.is_alive():
             self._stop.set()
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
+            flushed = not self._thread.is_alive() and not self._pending
+        elif self._pending:
+            flushed = False
+        if not flushed:
+            log.warning("audit flush at shutdown incomplete: %d record(s) not written", len(self._pending))
+        if self._bounded is not None:
+            self._bounded.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+        return flushed
+
+    # -- production hardening (issue 15) -----------------------------------------------------
+    # Bounded calls: the replay store and the issued-card record run on a small pool so a hung
+    # database costs a call ``timeout`` seconds at most (fail closed), whatever the driver does.
+    _bounded: ThreadPoolExecutor | None = None
+    _refused_window: float = 0.0
+    _refused_itemised: int = 0
+    _refused_suppressed: int = 0
+    _refused_last: AuditRecord | None = None
+    _jti_pruned_at: float = 0.0
+
+    def _call_bounded(self, timeout: float, fn: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            if self._bounded is None:
+                self._bounded = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-bounded")
+            pool = self._bounded
+        future = pool.submit(fn, *args)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise StoreTimeout(f"no answer within {timeout:g} s") from None
+
+    def claim_jti(self, key: str, expires_at: float, now: float, *, timeout: float) -> bool:
+        """Remember ``key`` (a digest of iss and jti) until ``expires_at``: True the first time, False when
+        it is remembered and not expired.  ``StoreTimeout`` or ``SQLAlchemyError`` when the database
+        cannot answer (the caller refuses the token: fail closed)."""
+        return self._call_bounded(timeout, self._claim_jti, key, expires_at, now)
+
+    def _claim_jti(self, key: str, expires_at: float, now: float) -> bool:
+        if not self._schema_ready:
+            self.create_schema()
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        # RETURNING says whether this call inserted the row (psycopg reports no rowcount for ON CONFLICT).
+        statement = (dialect_insert(jti_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
+                     .returning(jti_table.c.key))
+        with self.engine.begin() as conn:
+            if conn.execute(statement).first() is not None:
+                first = True
+            else:  # remembered: usable again only once the old entry has expired
+                first = conn.execute(update(jti_table).where(jti_table.c.key == key, jti_table.c.expires_at <= now)
+                                     .values(expires_at=expires_at).returning(jti_table.c.key)).first() is not None
+            if now - self._jti_pruned_at > 60:
+                self._jti_pruned_at = now
+                conn.execute(delete(jti_table).where(jti_table.c.expires_at < now - 60))
+        return first
+
+    def replay_ping(self, *, timeout: float) -> str | None:
+        """None when the SQL replay store answers within ``timeout``, else the reason."""
+        def probe() -> None:
+            if not self._schema_ready:
+                self.create_schema()
+            with self.engine.connect() as conn:
+                conn.execute(select(jti_table.c.key).limit(1))
+        try:
+            self._call_bounded(timeout, probe)
+            return None
+        except StoreTimeout as exc:
+            return str(exc)
+        except SQLAlchemyError as exc:
+            return type(exc).__name__
+
+    def audit_refused(self, record: AuditRecord, per_minute: int) -> None:
+        """Audit a refused (4xx) call: one row each up to ``per_minute`` a minute; beyond that they are
+        counted, and one summary row (outcome ``4xx-summary``, the count in its ``prefetch`` column)
+        is written when the minute ends or at shutdown.  Unauthenticated callers cannot flood the table."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._refused_window >= 60:
+                summary = self._refused_summary_locked()
+                self._refused_window, self._refused_itemised = now, 0
+            else:
+                summary = None
+            itemise = self._refused_itemised < per_minute
+            if itemise:
+                self._refused_itemised += 1
+            else:
+                self._refused_suppressed += 1
+                self._refused_last = record
+        if summary is not None:
+            self.audit(summary)
+        if itemise:
+            self.audit(record)
+
+    def _refused_summary_locked(self) -> AuditRecord | None:
+        if not self._refused_suppressed or self._refused_last is None:
+            return None
+        last, count = self._refused_last, self._refused_suppressed
+        self._refused_suppressed, self._refused_last = 0, None
+        return AuditRecord(service_id=last.service_id, hook=last.hook, outcome="4xx-summary",
+                           status_code=last.status_code, latency_ms=0.0,
+                           prefetch={"refusedNotItemised": count})
+
+    def _flush_refused_summary(self) -> None:
+        with self._lock:
+            summary = self._refused_summary_locked()
+        if summary is not None:
+            self._pending.append(summary)

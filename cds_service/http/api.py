@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import pipeline
-from cds_service.engine.store import AuditRecord
-from cds_service.errors import CdsError, NotFound
+from cds_service.engine.store import AuditRecord, IssuedCard, feedback_field_problem
+from cds_service.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
 from cds_service.http.context import base_url, runtime, verifier
 from cds_service.logs import mark_sensitive
 from cds_service.protocol import check_content_type, parse_feedback, parse_json, parse_request
@@ -34,7 +36,25 @@ def authenticate() -> str | None:
 
 def read_json() -> Any:
     check_content_type(request.headers.get("Content-Type"))
-    return parse_json(request.get_data(cache=False), runtime().limits)
+    return parse_json(read_body(), runtime().limits)
+
+
+def read_body() -> bytes:
+    """The request body; ``PayloadTooLarge`` (413) past ``MAX_BODY_BYTES`` also for a chunked body (no
+    Content-Length: werkzeug would cut it at the limit, and the truncated JSON would answer 400)."""
+    limit = runtime().settings.MAX_BODY_BYTES
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)  # a declared length over the limit is 413 already
+    stream = request.environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    return bytes(body)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -64,8 +84,11 @@ def call_service(service_id: str) -> Response:
     except (CdsError, HTTPException) as exc:
         # Refused calls are audited too (no patient: nothing was read).
         status = exc.status if isinstance(exc, CdsError) else (exc.code or 400)
-        rt.store.audit(AuditRecord(service_id=service.id, hook=service.hook, outcome="4xx", status_code=status,
-                                   client_iss=iss, latency_ms=(time.perf_counter() - started) * 1000))
+        # Rate-limited per worker (AUDIT_4XX_PER_MINUTE): the rest are counted in one summary row.
+        rt.store.audit_refused(AuditRecord(service_id=service.id, hook=service.hook, outcome="4xx",
+                                           status_code=status, client_iss=iss,
+                                           latency_ms=(time.perf_counter() - started) * 1000),
+                               rt.settings.AUDIT_4XX_PER_MINUTE)
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
     result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
@@ -84,9 +107,36 @@ def feedback(service_id: str) -> Response:
         raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
     iss = authenticate()
     items = parse_feedback(read_json(), rt.limits)
+    check_feedback(service_id, items, iss)
     added = rt.store.add_feedback(service_id, items, iss)
     log.info("feedback service=%s items=%d stored=%d", service_id, len(items), added)
     return _json({})
+
+
+def issued_card(card_uuid: str) -> IssuedCard | None:
+    """The card this service issued under ``card_uuid`` (the interface the feedback check needs; issue
+    14's issued-cards record provides the same at merge)."""
+    try:
+        return runtime().store.issued_card(card_uuid)
+    except SQLAlchemyError as exc:
+        raise CdsError("feedback store unavailable; try again later", status=503) from exc
+
+
+def check_feedback(service_id: str, items: list[dict[str, Any]], iss: str | None) -> None:
+    """Each item fits the store's columns (400) and names a card this service issued, on this service, to
+    this client, within ``FEEDBACK_WINDOW_HOURS`` (404 otherwise: no card of another client is confirmed)."""
+    for index, item in enumerate(items):
+        problem = feedback_field_problem(item)
+        if problem:
+            raise BadRequest(f"$.feedback[{index}].{problem}", code="feedback_field_too_long")
+    window = timedelta(hours=runtime().settings.FEEDBACK_WINDOW_HOURS)
+    now = datetime.now(UTC)
+    for index, item in enumerate(items):
+        issued = issued_card(item["card"])
+        if (issued is None or issued.service_id != service_id or issued.client_iss != (iss or "")
+                or now - issued.issued_at > window):
+            raise NotFound(f"$.feedback[{index}].card: no card with this uuid was issued to this client by "
+                           f"this service in the last {runtime().settings.FEEDBACK_WINDOW_HOURS:g} hours")
 
 
 @bp.get("/healthz")
@@ -96,13 +146,24 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    """Can this replica answer hook calls?  Content loaded and the ``jti`` replay store reachable: 503
+    otherwise (with the reasons).  Trouble with the feedback/audit store alone is reported in the body
+    (``warnings``) and logged, but stays 200: hook calls do not need it, and a shared database outage
+    must not take every replica out of the load balancer at once.  (With no Redis the database is
+    also the replay store, and then its outage is a reason.)"""
     rt = runtime()
     problems: list[str] = []
+    warnings: list[str] = []
     if not rt.catalog.cards:
         problems.append("no card content loaded")
+    replay_problem = verifier().readiness_problem()
+    if replay_problem:
+        problems.append(replay_problem)
     store_problem = rt.store.ping()
     if store_problem:
-        problems.append(f"store unreachable ({store_problem})")
+        warnings.append(f"feedback/audit store unreachable ({store_problem}): audit rows are counted as lost, "
+                        "feedback is refused with 503")
+        log.warning("readyz: %s", warnings[-1])
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not-ready",
         "cards": len(rt.catalog.cards),
@@ -111,4 +172,7 @@ def readyz() -> Response:
     }
     if problems:
         body["reasons"] = problems
+        log.warning("readyz: not ready: %s", "; ".join(problems))
+    if warnings:
+        body["warnings"] = warnings
     return _json(body, 200 if not problems else 503)

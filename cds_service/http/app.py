@@ -19,7 +19,7 @@ from cds_service.http import context
 from cds_service.http.auth import build_verifier
 from cds_service.ids import new_request_id
 from cds_service.logs import clear_sensitive, configure_logging, mark_sensitive
-from cds_service.settings import Settings, load_settings
+from cds_service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("cds_service.http.app")
 
@@ -28,12 +28,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The WSGI app.  Settings from ``CDS_*`` env vars, overridden by ``config`` (keys without
     the prefix; an unknown key raises ``SettingsError``)."""
     settings = load_settings(config)
+    problems = settings.production_problems()
+    if problems:  # every entry point (serve, the image's gunicorn command, any WSGI file) refuses alike
+        raise SettingsError("; ".join(problems))
     configure_logging(settings.LOG_LEVEL)
     app = Flask(__name__, static_folder=None)  # static files belong to the web blueprints
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    context.install(app, Runtime.build(settings), build_verifier(settings))
+    runtime = Runtime.build(settings)
+    context.install(app, runtime, build_verifier(settings, runtime.store))
 
     if settings.cors_origins:
         origins: Any = "*" if "*" in settings.cors_origins else settings.cors_origins

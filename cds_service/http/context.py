@@ -39,6 +39,12 @@ def verifier() -> Verifier:
 
 
 def base_url() -> str:
-    """The base URL clients use: ``PUBLIC_BASE_URL`` when set (never the Host header behind a
-    proxy), else the request's root URL."""
-    return settings().base_url or request.url_root.rstrip("/")
+    """The base URL clients use: ``PUBLIC_BASE_URL`` (required outside the development profile, so
+    the JWT audience never follows the Host or X-Forwarded-* headers); only the development profile
+    falls back to the request's root URL."""
+    configured = settings().base_url
+    if configured:
+        return configured
+    if not settings().development:  # unreachable: create_app refuses to start without it
+        raise RuntimeError("PUBLIC_BASE_URL is required outside the development profile")
+    return request.url_root.rstrip("/")

@@ -199,11 +199,13 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
          "draft orders or prefetch resources) or does not match the schema; `detail` names the "
          "JSON path.",
     401: "The CDS client JWT is missing or not valid for this endpoint (reason logged, not sent).",
-    404: "No such service.",
+    404: "No such service (on feedback also: no card with this uuid was issued to this client by this "
+         "service within FEEDBACK_WINDOW_HOURS).",
     405: "Method not allowed (see the Allow header).",
     413: "The request body is larger than the configured limit.",
     415: "The Content-Type is not JSON.",
     500: "Unexpected server error; `detail` quotes a request id for the operators.",
+    503: "The feedback store is unavailable; try again later.",
 }
 
 
@@ -294,7 +296,7 @@ def build_document(runtime: Runtime, security_scheme: Mapping[str, Any] | None) 
                 },
                 "responses": {
                     "200": _json_response("Feedback stored.", "FeedbackAccepted"),
-                    **_errors(400, 401, 404, 405, 413, 415, 500, auth=auth),
+                    **_errors(400, 401, 404, 405, 413, 415, 500, 503, auth=auth),
                 },
             },
         },

@@ -431,7 +431,8 @@ OPEN_APPS: list[Flask] = []  # closed when each test module ends (conftest._clos
 
 def new_app(tmp: Path, **config: Any) -> Flask:
     """An app with AUTH off, every card servable and SQLite under ``tmp``; ``config`` overrides."""
-    settings = {"AUTH": "off", "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3", **config}
+    settings = {"AUTH": "off", "PROFILE": "development",
+                "CONTENT_POLICY": "all", "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3", **config}
     app = create_app(settings)
     app.testing = True
     OPEN_APPS.append(app)

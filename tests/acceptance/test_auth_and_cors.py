@@ -12,6 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
+from issued import issue_cards
 
 from acceptance.support import SANDBOX, SELECT, SIGN, new_app, valid_request
 
@@ -50,7 +51,9 @@ def test_jwt_each_endpoint_with_its_own_audience(jwt_client: FlaskClient, signin
     body = valid_request()
     response = jwt_client.post(SIGN, json=body, headers=bearer(token(signing_key, f"{BASE}{SIGN}")))
     assert response.status_code == 200 and response.get_json() == {"cards": []}
-    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+    card = str(uuid.uuid4())
+    issue_cards(jwt_client.application, SIGN.rsplit("/", 1)[-1], card, iss=ISS)
+    feedback = {"feedback": [{"card": card, "outcome": "overridden",
                               "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
     response = jwt_client.post(f"{SIGN}/feedback", json=feedback,
                                headers=bearer(token(signing_key, f"{BASE}{SIGN}/feedback")))

@@ -18,17 +18,24 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
+from cds_service.engine.store import Store
 from cds_service.errors import Unauthorized
 from cds_service.http.auth.issuers import TrustedIssuer, load_trusted_issuers
 from cds_service.http.auth.keys import JwksCache, KeySet
-from cds_service.http.auth.replay import MemoryReplayCache, RedisReplayCache, ReplayCache, ReplayCacheUnavailable
+from cds_service.http.auth.replay import (
+    MemoryReplayCache,
+    RedisReplayCache,
+    ReplayCache,
+    ReplayCacheUnavailable,
+    SqlReplayCache,
+)
 from cds_service.http.auth.verifier import ANONYMOUS_CLIENT, BEARER_JWT_SCHEME, Client, ClientVerifier
 from cds_service.settings import Settings
 
 __all__ = [
     "ANONYMOUS_CLIENT", "BEARER_JWT_SCHEME", "Client", "ClientVerifier", "JwksCache", "KeySet",
     "MemoryReplayCache", "NoAuthVerifier", "RedisReplayCache", "RefusingVerifier", "ReplayCache",
-    "ReplayCacheUnavailable", "TrustedIssuer", "Verifier", "build_verifier", "load_trusted_issuers",
+    "ReplayCacheUnavailable", "SqlReplayCache", "TrustedIssuer", "Verifier", "build_verifier", "load_trusted_issuers",
 ]
 
 logger = logging.getLogger("cds_service.http.auth")
@@ -42,6 +49,10 @@ class Verifier(Protocol):
 
     def verify(self, authorization: str | None, audience: str) -> Client: ...
 
+    def readiness_problem(self) -> str | None:
+        """Why calls cannot be answered now (e.g. the replay store is unreachable), or None."""
+        ...
+
 
 class NoAuthVerifier:
     """``AUTH=off``: every caller is ``ANONYMOUS_CLIENT``; the Authorization header is not read."""
@@ -50,6 +61,9 @@ class NoAuthVerifier:
 
     def verify(self, authorization: str | None, audience: str) -> Client:
         return ANONYMOUS_CLIENT
+
+    def readiness_problem(self) -> str | None:
+        return None
 
 
 class RefusingVerifier:
@@ -60,9 +74,13 @@ class RefusingVerifier:
     def verify(self, authorization: str | None, audience: str) -> Client:
         raise Unauthorized("no trusted issuers configured")
 
+    def readiness_problem(self) -> str | None:
+        return None
 
-def build_verifier(settings: Settings) -> Verifier:
-    """The verifier for ``settings``: the one place that reads ``AUTH``."""
+
+def build_verifier(settings: Settings, store: Store | None = None) -> Verifier:
+    """The verifier for ``settings``: the one place that reads ``AUTH``.  ``store``: the app's
+    database, the ``jti`` replay store when ``REDIS_URL`` is not set."""
     if settings.AUTH == "off":
         logger.warning("*** CLIENT AUTHENTICATION IS OFF (AUTH=off): any caller can use this service. "
                        "Development and tests only. ***")
@@ -70,4 +88,4 @@ def build_verifier(settings: Settings) -> Verifier:
     if not settings.TRUSTED_ISSUERS:
         logger.warning("AUTH=jwt but no TRUSTED_ISSUERS configured: every CDS call will be refused (401)")
         return RefusingVerifier()
-    return ClientVerifier(settings)
+    return ClientVerifier(settings, store=store)

@@ -10,11 +10,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from cds_service.http.auth.keys import KeySet, is_fetchable_url
+from cds_service.http.auth.keys import KeySet, key_url_problem
 from cds_service.settings import SettingsError
 from cds_service.urls import allowed as url_allowed
+
+# An issuer's iss is stored with feedback and audit rows (String(300)).
+_MAX_ISS_CHARS = 300
 
 _ISSUER_KEYS = frozenset({"jwks_url", "jwks", "jku_allow", "tenants"})
 
@@ -68,9 +70,13 @@ def _parse_issuer(source: str, iss: str, entry: Any) -> TrustedIssuer:
     if unknown:
         raise SettingsError(f"{where}: unknown keys {unknown}; known keys: {sorted(_ISSUER_KEYS)}")
 
+    if len(iss) > _MAX_ISS_CHARS:
+        raise SettingsError(f"{source}: issuer {iss[:40]!r}... is longer than {_MAX_ISS_CHARS} characters")
     jwks_url = entry.get("jwks_url")
-    if jwks_url is not None and not (isinstance(jwks_url, str) and is_fetchable_url(jwks_url)):
-        raise SettingsError(f"{where}: jwks_url must be an absolute http(s) URL")
+    if jwks_url is not None:
+        problem = key_url_problem(jwks_url, need_path=False)
+        if problem:
+            raise SettingsError(f"{where}: jwks_url {problem}")
 
     jwks: KeySet | None = None
     if entry.get("jwks") is not None:
@@ -86,11 +92,9 @@ def _parse_issuer(source: str, iss: str, entry: Any) -> TrustedIssuer:
     if not isinstance(jku_allow, list) or not all(isinstance(p, str) for p in jku_allow):
         raise SettingsError(f"{where}: jku_allow must be a list of URL prefixes")
     for prefix in jku_allow:
-        # The prefix must end its host part, or "https://ehr.example.org" would also
-        # allow "https://ehr.example.org.attacker.net/".
-        if not is_fetchable_url(prefix) or not urlsplit(prefix).path.startswith("/"):
-            raise SettingsError(f"{where}: jku_allow entry {prefix!r} must be an http(s) URL prefix "
-                                "with a path, e.g. 'https://ehr.example.org/keys/'")
+        problem = key_url_problem(prefix, need_path=True)
+        if problem:
+            raise SettingsError(f"{where}: jku_allow entry {prefix!r} {problem}")
 
     tenants = entry.get("tenants")
     if tenants is not None and not (isinstance(tenants, list) and tenants

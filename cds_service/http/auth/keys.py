@@ -7,6 +7,7 @@ dropped on load.  Used by ``verifier.ClientVerifier`` and ``issuers`` (inline ``
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -14,10 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
 import requests
+
+from cds_service.urls import parse as parse_url
 
 logger = logging.getLogger("cds_service.http.auth")
 
@@ -121,19 +124,32 @@ class KeySet:
         return None
 
 
-def is_fetchable_url(url: str) -> bool:
-    """An absolute http(s) URL with a host, no credentials, no fragment, no dot segments."""
-    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
-        return False
+def key_url_problem(url: object, *, need_path: bool) -> str | None:
+    """Why ``url`` cannot be a JWKS location (``jwks_url``, a ``jku_allow`` prefix), or None.
+
+    The strict URL rules of ``cds_service/urls.py``, and https only: plain ``http://`` only for a
+    loopback host (a test key server on this machine), never for a key host on a network.
+    """
+    parsed = parse_url(url)
+    if not isinstance(url, str) or parsed is None:
+        return "must be an absolute https URL (no credentials, fragment, dot or encoded-slash segments)"
+    if need_path and not urlsplit(url).path.startswith("/"):
+        # The prefix must end its host part, or "https://ehr.example.org" would also
+        # allow "https://ehr.example.org.attacker.net/".
+        return "must be an https URL prefix with a path, e.g. 'https://ehr.example.org/keys/'"
+    if parsed.scheme != "https" and not _loopback(parsed.host):
+        return "must be https (plain http only for a loopback test server such as http://127.0.0.1:PORT/)"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-        has_credentials = parts.username is not None or parts.password is not None
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-    if parts.scheme not in ("http", "https") or not hostname or has_credentials or parts.fragment:
-        return False
-    return all(unquote(segment) not in (".", "..") for segment in parts.path.split("/"))
+
 
 
 @dataclass
@@ -210,6 +226,10 @@ class JwksCache:
         return False
 
     def _fetch(self, url: str) -> KeySet | None:
+        problem = key_url_problem(url, need_path=False)
+        if problem:  # the same strict check as configuration: never contacted
+            logger.warning("JWKS not fetched from %r: it %s", url[:200], problem)
+            return None
         started = time.monotonic()
         try:
             # No redirects: an allow-listed jku must not bounce us somewhere else.

@@ -1,7 +1,12 @@
-"""``jti`` replay caches: a token is used once.  In memory per process, or in Redis shared by replicas.
+"""``jti`` replay caches: a token is used once, by every worker and replica, also after a restart.
 
-A cache that cannot answer raises ``ReplayCacheUnavailable`` and the verifier refuses the token
-(fail closed: Redis down means 401, not "let it in").
+- ``RedisReplayCache`` when ``REDIS_URL`` is set: ``SET NX EX``.
+- ``SqlReplayCache`` otherwise: a row per token in the service's database (``DATABASE_URL``; a unique
+  key with an expiry, SQLite or PostgreSQL), so gunicorn's workers and a restarted service share it.
+- ``MemoryReplayCache``: one process only; for unit tests that build a ``ClientVerifier`` by hand.
+
+A cache that cannot answer within ``REPLAY_TIMEOUT_S`` raises ``ReplayCacheUnavailable`` and the verifier
+refuses the token (fail closed, fast); ``ping()`` tells ``/readyz`` why.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from typing import Protocol
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from sqlalchemy.exc import SQLAlchemyError
 
-_REDIS_TIMEOUT_S = 1.0
+from cds_service.engine.store import Store, StoreTimeout
+
+_REDIS_TIMEOUT_S = 0.5
 
 
 class ReplayCacheUnavailable(Exception):
@@ -27,6 +35,15 @@ class ReplayCache(Protocol):
     def add(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
         """Remember (iss, jti) until ``expires_at``; False when it is already remembered."""
         ...
+
+    def ping(self) -> str | None:
+        """None when the cache can answer, else the reason (for ``/readyz``)."""
+        ...
+
+
+def _digest(iss: str, jti: str) -> str:
+    # Hashed: fixed length whatever the client sends, and no separator ambiguity.
+    return hashlib.sha256(json.dumps([iss, jti]).encode("utf-8")).hexdigest()
 
 
 class MemoryReplayCache:
@@ -40,6 +57,9 @@ class MemoryReplayCache:
 
     def __len__(self) -> int:
         return len(self._expires_at)
+
+    def ping(self) -> str | None:
+        return None
 
     def add(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
         key = (iss, jti)
@@ -67,9 +87,14 @@ class RedisReplayCache:
                                            retry=Retry(NoBackoff(), 1))
 
     def key(self, iss: str, jti: str) -> str:
-        # Hashed: fixed length whatever the client sends, and no separator ambiguity.
-        digest = hashlib.sha256(json.dumps([iss, jti]).encode("utf-8")).hexdigest()
-        return self.key_prefix + digest
+        return self.key_prefix + _digest(iss, jti)
+
+    def ping(self) -> str | None:
+        try:
+            self._redis.ping()
+            return None
+        except (redis.RedisError, OSError) as exc:
+            return f"redis: {type(exc).__name__}"
 
     def add(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
         ttl = max(1, math.ceil(expires_at - now))
@@ -78,3 +103,22 @@ class RedisReplayCache:
         except (redis.RedisError, OSError) as exc:
             raise ReplayCacheUnavailable(type(exc).__name__) from exc
         return bool(created)
+
+
+class SqlReplayCache:
+    """Replay cache in the service's SQL database (``jti_seen``: digest primary key, expiry), shared by
+    every worker and replica using that database and kept across restarts."""
+
+    def __init__(self, store: Store, *, timeout_s: float) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+
+    def add(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
+        try:
+            return self._store.claim_jti(_digest(iss, jti), expires_at, now, timeout=self._timeout_s)
+        except (StoreTimeout, SQLAlchemyError) as exc:
+            raise ReplayCacheUnavailable(f"database: {type(exc).__name__}") from exc
+
+    def ping(self) -> str | None:
+        problem = self._store.replay_ping(timeout=self._timeout_s)
+        return f"database: {problem}" if problem else None

@@ -12,8 +12,9 @@ client only ever sees a bare 401.  What is checked, in order:
    Fetched JWK Sets are cached per URL and re-fetched only for an unknown ``kid``, at most
    once per ``JWKS_REFRESH_INTERVAL_S`` per URL (rotation without restart, no fetch storm).
 5. Claims: ``aud`` is this endpoint, ``exp``/``iat``/``nbf`` with clock skew, lifetime
-   capped, ``tenant`` allowed, ``jti`` present and never seen before (in memory, or in
-   Redis when several replicas share the work; Redis down means 401, not "let it in").
+   capped, ``tenant`` allowed, ``jti`` present and never seen before by any worker or replica
+   (Redis when ``REDIS_URL`` is set, else the service's database; a store that cannot answer
+   within ``REPLAY_TIMEOUT_S`` means 401, not "let it in").
 
 Tokens are never logged, not even in part; refusals are logged at INFO with the reason,
 the issuer and the key id.
@@ -34,10 +35,17 @@ import requests
 from jwt.algorithms import get_default_algorithms
 from jwt.types import Options
 
+from cds_service.engine.store import Store
 from cds_service.errors import Unauthorized
 from cds_service.http.auth.issuers import TrustedIssuer, load_trusted_issuers
 from cds_service.http.auth.keys import JwksCache, KeySet, refused_algorithm
-from cds_service.http.auth.replay import MemoryReplayCache, RedisReplayCache, ReplayCache, ReplayCacheUnavailable
+from cds_service.http.auth.replay import (
+    MemoryReplayCache,
+    RedisReplayCache,
+    ReplayCache,
+    ReplayCacheUnavailable,
+    SqlReplayCache,
+)
 from cds_service.settings import Settings, SettingsError
 
 logger = logging.getLogger("cds_service.http.auth")
@@ -135,7 +143,7 @@ class ClientVerifier:
 
     def __init__(self, settings: Settings, *, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.time,
-                 replay_cache: ReplayCache | None = None) -> None:
+                 replay_cache: ReplayCache | None = None, store: Store | None = None) -> None:
         self._clock = clock
         self._issuers = load_trusted_issuers(settings.TRUSTED_ISSUERS)
         self._algorithms = _algorithm_allow_list(settings.jwt_algorithms)
@@ -157,11 +165,18 @@ class ClientVerifier:
             self._replay: ReplayCache = replay_cache
         elif settings.REDIS_URL:
             try:
-                self._replay = RedisReplayCache(settings.REDIS_URL)
+                self._replay = RedisReplayCache(settings.REDIS_URL, timeout_s=settings.REPLAY_TIMEOUT_S)
             except ValueError as exc:
                 raise SettingsError(f"REDIS_URL cannot be used: {exc}") from None
-        else:
+        elif store is not None:  # the app's database: shared by every worker and replica, kept on restart
+            self._replay = SqlReplayCache(store, timeout_s=settings.REPLAY_TIMEOUT_S)
+        else:  # a verifier built by hand (unit tests): this process only
             self._replay = MemoryReplayCache()
+
+    def readiness_problem(self) -> str | None:
+        """Why this verifier cannot answer calls now (the replay store is unreachable), or None."""
+        problem = self._replay.ping()
+        return f"replay store unreachable ({problem})" if problem else None
 
     @property
     def issuers(self) -> Mapping[str, TrustedIssuer]:

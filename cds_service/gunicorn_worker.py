@@ -1,0 +1,162 @@
+"""A gunicorn worker that slow or partial clients cannot starve: ``gthread`` with a buffering front.
+
+gunicorn's ``gthread`` hands a connection to a worker thread as soon as its first byte arrives; the
+thread then blocks reading the rest of the request.  Twenty connections that each send half a header
+line hold all 2 x 8 threads, and ``/healthz`` stops answering (issue 15, finding 4).
+
+``BufferingThreadWorker`` reads each request in the worker's event loop instead (non-blocking, next to
+gunicorn's accept and keep-alive handling) and submits the connection to the thread pool only once the
+whole request is buffered: the header, and the body by ``Content-Length`` or up to the last chunk.  A
+request that is not complete in time is dropped:
+
+- ``GUNICORN_HEADER_TIMEOUT`` (default 5 s): from the first byte of a request (or the accept) to the
+  end of its header;
+- ``GUNICORN_BODY_TIMEOUT`` (default 15 s): from the end of the header to the end of the body.
+
+A request larger than the body limit (``CDS_MAX_BODY_BYTES``) is handed over as soon as that is known,
+so the app answers 413 at once.  Threads only ever run the app on a complete request; what they can
+still wait on is writing a response to a client that does not read it (see ``deploy/README.md``:
+a proxy in front buffers responses and limits connections per client).
+
+Plain HTTP/1.1 only: with TLS or HTTP/2 configured in gunicorn, the stock gthread path is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import selectors
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+_HEADER_END = b"\r\n\r\n"
+_MAX_HEADER_BYTES = 64 * 1024  # gunicorn's own limits (limit_request_line, _fields) refuse far earlier
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.IGNORECASE | re.MULTILINE)
+_LAST_CHUNK = re.compile(rb"(^|\r\n)0+(;[^\r\n]*)?\r\n(.*\r\n)?\r\n$", re.DOTALL)
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def request_complete(buffer: bytes | bytearray, body_limit: int) -> bool:
+    """Is a whole HTTP/1.1 request (or enough to refuse it) in ``buffer``?"""
+    end = buffer.find(_HEADER_END)
+    if end < 0:
+        return len(buffer) > _MAX_HEADER_BYTES  # hand over: the parser refuses it
+    header = bytes(buffer[:end])
+    body_length = len(buffer) - end - len(_HEADER_END)
+    if _CHUNKED.search(header):
+        if body_length > body_limit:
+            return True
+        return bool(_LAST_CHUNK.search(bytes(buffer[end + len(_HEADER_END):][-4096:])))
+    match = _CONTENT_LENGTH.search(header)
+    if match is None:
+        return True
+    declared = int(match.group(1))
+    return declared > body_limit or body_length >= declared
+
+
+class BufferingThreadWorker(ThreadWorker):
+    """``gthread`` whose threads see only complete requests (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = _env_float("GUNICORN_HEADER_TIMEOUT", 5.0)
+        self.body_timeout = _env_float("GUNICORN_BODY_TIMEOUT", 15.0)
+        self.body_limit = int(_env_float("CDS_MAX_BODY_BYTES", 5 * 1024 * 1024))
+        self.reading: deque[TConn] = deque()
+
+    def _buffering(self) -> bool:
+        return not self.cfg.is_ssl
+
+    # -- connections enter the reading state instead of the thread pool ------------------------
+    def accept(self, listener: Any) -> None:
+        if not self._buffering():
+            super().accept(listener)
+            return
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
+        self._start_reading(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
+        """A kept-alive connection sends its next request: buffer it too."""
+        if not self._buffering():
+            super().on_client_socket_readable(conn, client)
+            return
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._start_reading(conn)
+
+    def _start_reading(self, conn: TConn) -> None:
+        conn.sock.setblocking(False)
+        conn.prebuf = bytearray()
+        conn.header_done = False
+        conn.read_deadline = time.monotonic() + self.header_timeout
+        self.reading.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: TConn, client: Any) -> None:
+        try:
+            data = conn.sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._stop_reading(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.prebuf += data
+        if not conn.header_done and _HEADER_END in conn.prebuf:
+            conn.header_done = True
+            conn.read_deadline = time.monotonic() + self.body_timeout
+        if request_complete(conn.prebuf, self.body_limit):
+            self._stop_reading(conn)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+
+    def _stop_reading(self, conn: TConn) -> None:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            self.poller.unregister(conn.sock)
+        with contextlib.suppress(ValueError):
+            self.reading.remove(conn)
+
+    def murder_pending(self) -> None:
+        """gunicorn's own expiry, and: drop requests not read in time (header or body timeout)."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c in self.reading if c.read_deadline <= now]:
+            self._stop_reading(conn)
+            self.nr_conns -= 1
+            with contextlib.suppress(OSError):
+                conn.sock.send(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    # -- a thread starts from the buffered bytes -------------------------------------------------
+    def handle(self, conn: TConn) -> Any:
+        buffered = getattr(conn, "prebuf", None)
+        if buffered is not None:
+            conn.prebuf = None
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(bytes(buffered))
+        return super().handle(conn)
