@@ -180,3 +180,17 @@ def test_api_request_for_another_services_templates(demo: FlaskClient) -> None:
 ])
 def test_bad_choices_are_refused(demo: FlaskClient, path: str, status: int) -> None:
     assert demo.get(path).status_code == status
+
+
+def test_key_facts_show_issue12_context(demo: FlaskClient) -> None:
+    """Assertion, indication, population, prior IVIG and glucocorticoids not counted are shown."""
+    page = demo.get("/demo?fixture=i12-ivig-for-itp&hook=order-sign").get_data(as_text=True)
+    assert "IVIG order indication" in page and "ITP" in page and "(other)" in page
+    page = demo.get("/demo?fixture=i12-ild-provisional").get_data(as_text=True)
+    assert "Possible diagnoses" in page
+    page = demo.get("/demo?fixture=i12-premedication-steroid&hook=order-sign").get_data(as_text=True)
+    assert "Glucocorticoids not counted" in page and "premedication" in page
+    page = demo.get("/demo?fixture=i12-prior-ivig-stale-weight").get_data(as_text=True)
+    assert "IVIG courses, last 12 months" in page
+    page = demo.get("/demo?fixture=i12-child-jdm").get_data(as_text=True)
+    assert "under adult age" in page

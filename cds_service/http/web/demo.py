@@ -122,6 +122,9 @@ class FactsView:
     pulmonary: list[FactRow] = field(default_factory=list)
     plasma_exchange: list[FactRow] = field(default_factory=list)
     notes: list[FactRow] = field(default_factory=list)
+    possible: list[FactRow] = field(default_factory=list)
+    context: list[FactRow] = field(default_factory=list)
+    not_counted: list[FactRow] = field(default_factory=list)
 
 
 def _iso(value: Any) -> str:
@@ -186,6 +189,23 @@ def key_facts(fixture: dict[str, Any], hook: str) -> FactsView:
     for fact in facts.plasma_exchange:
         view.plasma_exchange.append(FactRow(fact.label, fact.value_text or "", fact.date or "",
                                             fact.reference or ""))
+    for name in clinical_matching.CONDITIONS:
+        for fact in facts.possible_conditions.get(name, []):
+            view.possible.append(FactRow(fact.label, fact.value_text or "", fact.date or "", fact.reference or "",
+                                         "possible"))
+    age = "unknown (adult rules applied)" if facts.age_years is None else str(facts.age_years)
+    view.context.append(FactRow("Age (years)", age, flag="" if facts.adult else "under adult age"))
+    view.context.append(FactRow("Pregnancy", "yes" if facts.pregnancy else "none on record",
+                                facts.pregnancy.date or "" if facts.pregnancy else "",
+                                facts.pregnancy.reference or "" if facts.pregnancy else ""))
+    indication = ", ".join(f.value_text or "" for f in facts.indication_facts) or "none named"
+    view.context.append(FactRow("IVIG order indication", f"{indication} ({facts.indication})"))
+    last = facts.ivig_courses[-1] if facts.ivig_courses else None
+    view.context.append(FactRow("IVIG courses, last 12 months", str(len(facts.ivig_courses)),
+                                last[0].isoformat() if last else "", last[1] if last else ""))
+    for item in facts.not_counted:
+        view.not_counted.append(FactRow(item.name, rt.catalog.status_display(item.reason), _iso(item.date),
+                                        item.reference))
     for note in facts.notes:
         view.notes.append(FactRow(note.kind, note.key, reference=note.reference or ""))
     return view
