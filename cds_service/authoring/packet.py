@@ -21,7 +21,7 @@ from cds_service.authoring.problems import short_error
 from cds_service.clinical.dates import parse_date
 from cds_service.devtools.fixtures import list_fixtures
 from cds_service.engine import pipeline
-from cds_service.engine.content import Catalog, Renderer
+from cds_service.engine.content import Catalog, Renderer, bibliographic
 from cds_service.protocol import HOOKS
 from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology
 
@@ -59,35 +59,6 @@ def review_packet(catalog: Catalog, fixtures_dir: str | Path, today: date | None
                 packets.clear()
             packets[key] = _build_packet(catalog, Path(fixtures_dir), today)
         return packets[key]
-
-
-def bibliographic(ref: Mapping[str, Any]) -> str:
-    """A reference as one Vancouver-style string (authors. title. journal. year;volume:pages. doi. PMID.)."""
-    parts: list[str] = []
-    for key in ("authors", "title", "journal"):
-        value = ref.get(key)
-        if value:
-            parts.append(str(value).strip().rstrip("."))
-    when = str(ref.get("year") or "")
-    if ref.get("volume"):
-        when += f";{ref['volume']}"
-    if ref.get("pages"):
-        when += f":{ref['pages']}"
-    if when:
-        parts.append(when)
-    if ref.get("doi"):
-        parts.append(f"doi:{ref['doi']}")
-    if ref.get("pmid"):
-        parts.append(f"PMID: {ref['pmid']}")
-    if ref.get("url") and not ref.get("doi"):
-        parts.append(str(ref["url"]))
-    text = ""
-    for part in parts:
-        if text:
-            text += " " if text.endswith((".", "?", "!")) else ". "
-        text += part
-    ends_with_url = bool(ref.get("url")) and text.endswith(str(ref.get("url")))
-    return text + ("" if not text or ends_with_url or text.endswith((".", "?", "!")) else ".")
 
 
 def _jsonable(value: Any) -> Any:
