@@ -29,18 +29,18 @@ from cds_service.authoring.calls import check_runtime
 from cds_service.authoring.front_matter import front_matter_problems
 from cds_service.authoring.problems import ERROR, INFO, WARNING, Problem, short_error, sorted_problems
 from cds_service.authoring.renderings import INLINE_LINK, check_pipeline, check_synthetic_renderings, finding_literals
-from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES
+from cds_service.authoring.statements import statements
+from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES, CardId
 from cds_service.clinical.dates import parse_date
 from cds_service.engine.content import (
     CITATION,
-    DETAIL_MAX,
     EXPERT_OPINION,
     ORIGIN,
     RATIONALE_MARKER,
     Catalog,
     ContentError,
-    make_environment,
     cited_keys,
+    make_environment,
     normalise_body,
     split_front_matter,
     split_rationale,
@@ -55,12 +55,10 @@ LABEL_HOSTS = ("https://dailymed.nlm.nih.gov/", "https://nctr-crs.fda.gov/", "ht
                "https://www.accessdata.fda.gov/")
 #: Cards still in the format before issue 13, being rewritten on another branch: their problems of the
 #: issue-13 kinds are reported as warnings until the rewrite lands (then this set is emptied).
-TRANSITIONAL = frozenset({"ivig-safety"})
+TRANSITIONAL = frozenset({CardId.IVIG_SAFETY.value})
 _ISSUE13_KINDS = frozenset({"statement", "rationale", "citation", "detail-length", "inline-link", "owner",
                             "origin-cited"})
-_PLACEHOLDER_LINE = re.compile(r"^\s*\{\{\s*(facts_used|data_notes)\s*\}\}\s*$")
 _JINJA_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z*])")
 _OWNER_PLACEHOLDER = re.compile(r"to be named|tbd|tba|to be confirmed|placeholder", re.I)
 # What reading a malformed value set raises (a missing key, a list where a mapping belongs, …).
 MALFORMED = (KeyError, TypeError, AttributeError, ValueError)
@@ -228,28 +226,6 @@ def _transitional(problems: list[Problem]) -> list[Problem]:
     return [Problem(p.file, p.kind, f"(transitional, being rewritten elsewhere) {p.message}", WARNING, p.card_id)
             if p.card_id in TRANSITIONAL and p.severity == ERROR and p.kind in _ISSUE13_KINDS else p
             for p in problems]
-
-
-def statements(text: str) -> Iterator[str]:
-    """The statements of a card text: each sentence of a bullet, a paragraph or a table row (headings,
-    table headers and separators, and the ``facts_used``/``data_notes`` placeholders are not statements)."""
-    table_header = True
-    for raw in _JINJA_TAG.sub("", text).splitlines():
-        line = raw.strip()
-        if not line.startswith("|"):
-            table_header = True
-        if not line or line.startswith("#") or _PLACEHOLDER_LINE.match(line) or line.startswith("<!--"):
-            continue
-        if re.fullmatch(r"\*\*[^*]+\*\*:?", line):
-            continue  # a bold heading such as **Why you are seeing this**
-        if line.startswith("|"):
-            if table_header or re.fullmatch(r"[|\-: ]+", line):
-                table_header = False
-                continue
-            yield line
-            continue
-        line = re.sub(r"^([-*+]|\d+\.)\s+", "", line)
-        yield from (part for part in _SENTENCE_END.split(line) if part.strip())
 
 
 def statement_problems(text: str, label: str, warning_card: bool) -> list[tuple[str, str]]:

@@ -29,7 +29,15 @@ from cds_service.clinical.contract import (
 )
 from cds_service.clinical.model import DataNote, Decision, Fact
 from cds_service.devtools.fixtures import list_fixtures
-from cds_service.engine.content import DETAIL_MAX, SUMMARY_MAX, CardContent, Catalog, Renderer, RenderError, make_environment
+from cds_service.engine.content import (
+    DETAIL_MAX,
+    SUMMARY_MAX,
+    CardContent,
+    Catalog,
+    Renderer,
+    RenderError,
+    make_environment,
+)
 from cds_service.engine.runtime import Runtime
 from cds_service.protocol import HOOKS
 from cds_service.terminology import Terminology

@@ -25,6 +25,7 @@ from cds_service.engine.content.render import DETAIL_MAX, Renderer, RenderError,
 from cds_service.engine.content.text import escaped, make_environment, make_text_environment, md_escape
 
 __all__ = ["CITATION", "DETAIL_MAX", "EXPERT_OPINION", "INDICATORS", "MARKERS", "ORIGIN", "RATIONALE_MARKER",
-           "RECORD", "bibliographic", "cited_keys", "split_rationale", "SEVERITY", "STATUSES", "SUMMARY_MAX", "CardContent", "Catalog",
-           "ContentError", "RenderError", "Renderer", "Withheld", "escaped", "make_environment",
-           "make_text_environment", "md_escape", "merge_facts", "normalise_body", "split_front_matter"]
+           "RECORD", "SEVERITY", "STATUSES", "SUMMARY_MAX", "CardContent", "Catalog", "ContentError",
+           "RenderError", "Renderer", "Withheld", "bibliographic", "cited_keys", "escaped", "make_environment",
+           "make_text_environment", "md_escape", "merge_facts", "normalise_body", "split_front_matter",
+           "split_rationale"]

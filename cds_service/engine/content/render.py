@@ -15,7 +15,6 @@ from cds_service.clinical.contract import LOOP_ITEM, RenderVariables, TemplateVa
 from cds_service.clinical.model import DataNote, Decision, Fact
 from cds_service.engine.content.catalog import (
     EXPERT_OPINION,
-    RECORD,
     SEVERITY,
     SUMMARY_MAX,
     CardContent,
@@ -58,7 +57,7 @@ class Renderer:
         self.hashes = catalog.hashes
         self._shared_templates = catalog.shared_templates
         self._structure_templates: dict[str, Any] = {}
-        self._static: dict[tuple[str, str], Any] = {}
+        self._static: dict[tuple[str, ...], Any] = {}
 
     def status_display(self, key: str | None) -> str:
         return self.catalog.status_display(key)
@@ -151,7 +150,7 @@ class Renderer:
         if numbers is None:
             numbers = self._static[("numbers", card_id)] = {
                 key: index for index, key in enumerate(self.catalog.citation_order(card_id), start=1)}
-        return numbers  # type: ignore[no-any-return]
+        return numbers
 
     def _render_structure(self, value: Any, context: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
@@ -220,10 +219,10 @@ class Renderer:
         card = self.catalog.cards[decision.card_id]
         assert card.summary_template is not None and card.body_template is not None
         facts = merge_facts(decision.facts_used)
-        detail = ""
-        context: Mapping[str, Any] = {}
         # The detail must fit DETAIL_MAX for any patient: as written first; when it would not fit, the
         # data notes compacted, then the facts without resource references, then only the first facts.
+        # A text that fits at no step is served as written (``cards check`` reports it).
+        first: tuple[str, Any] | None = None
         for notes_level, references, most in _FIT_LEVELS:
             shown = facts if most is None else facts[:most]
             lines = [self.render_fact(f, compact=not references) for f in shown]
@@ -237,8 +236,13 @@ class Renderer:
             detail = self.number_citations(card.id, card.body_template.render(**context).strip(),
                                            str(self.shared.get("expert_opinion_detail", "")))
             detail = re.sub(r"\n{3,}", "\n\n", detail)
+            if first is None:
+                first = (detail, context)
             if len(detail) <= DETAIL_MAX:
                 break
+        else:
+            assert first is not None
+            detail, context = first
         full_summary = " ".join(card.summary_template.render(**context).split())
         summary = full_summary
         if len(summary) > SUMMARY_MAX:
@@ -309,7 +313,7 @@ class Renderer:
         no patient data.  Rendered once per loaded catalogue."""
         page = self._static.get(("rationale", card_id))
         if page is not None:
-            return page  # type: ignore[no-any-return]
+            return page
         card = self.catalog.cards[card_id]
         meta = card.meta
         references = []

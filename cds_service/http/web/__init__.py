@@ -8,9 +8,11 @@ from cds_service.settings import Settings
 
 
 def register_web(app: Flask, settings: Settings) -> None:
-    """Register the review pages always, the demo only when enabled."""
-    from cds_service.http.web import review
+    """Register the rationale pages (public, linked from every card) and the review pages always,
+    the demo only when enabled."""
+    from cds_service.http.web import rationale, review
 
+    app.register_blueprint(rationale.bp)
     app.register_blueprint(review.bp)
     if settings.DEMO:
         from cds_service.http.web import demo
