@@ -122,9 +122,9 @@ def test_fire_override_and_accept_from_the_demo_page(page: Any, tmp_path: Path) 
 
         card = page.locator(".card[data-card-id='ivig-not-first-line']")
         assert card.get_attribute("data-indicator") == "warning"
-        assert "IVIG is an adjunct" in card.locator(".card-summary").text_content()
+        assert "No first-line immunosuppression" in card.locator(".card-summary").text_content()
         assert card.locator(".card-detail strong").count() > 0  # Markdown rendered, not shown raw
-        assert card.locator(".card-source a").get_attribute("href").endswith("/review/ivig-not-first-line")
+        assert card.locator(".card-source a").get_attribute("href").endswith("/cards/ivig-not-first-line")
         assert int(page.text_content("#latency")) >= 0
         assert page.text_content("#response-status") == "200"
         response = json.loads(page.text_content("#response-json"))

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"
 FIXTURES = ROOT / "fixtures"
 TODAY = datetime.now(UTC).date()
+ROLE = "Consultant rheumatologist"
 DEMO_FIXTURE = "pl7-ro52-rpild"  # fires ivig-not-first-line, asys-high-risk-phenotype, ild-monitoring
 # Enough patients for every card to fire (the full set runs in test_check_passes_on_the_shipped_content).
 SOME_FIXTURES = (DEMO_FIXTURE, "pl7-ro52-rpild-on-therapy", "mda5-dm-ild", "safety-iga-low-critical",
@@ -175,11 +176,11 @@ def _template_syntax(cards: Path) -> None:
 
 
 def _unknown_citation_in_body(cards: Path) -> None:
-    edit(cards / "ivig-safety.md", "{{ facts_used }}", "{{ facts_used }}\n\n- A claim [smith-1999]")
+    edit(cards / "ivig-not-first-line.md", "{{ facts_used }}", "{{ facts_used }}\n\n- A claim [smith-1999]")
 
 
 def _unknown_citation_in_front_matter(cards: Path) -> None:
-    edit(cards / "ivig-safety.md", "citations: [", "citations: [smith-1999, ")
+    edit(cards / "ivig-not-first-line.md", "citations: [", "citations: [smith-1999, ")
 
 
 def _body_citation_not_listed(cards: Path) -> None:
@@ -187,7 +188,8 @@ def _body_citation_not_listed(cards: Path) -> None:
 
 
 def _bad_reference(cards: Path) -> None:
-    edit(cards / "references.yaml", 'url: "https://doi.org/10.1002/acr.25348"', 'url: "http://doi.org/10.1002/acr.25348"')
+    edit(cards / "references.yaml", 'url: "https://pubmed.ncbi.nlm.nih.gov/38973731/"',
+         'url: "http://pubmed.ncbi.nlm.nih.gov/38973731/"')
 
 
 def _invalid_value_set(cards: Path) -> None:
@@ -234,8 +236,8 @@ def _invalid_suggestion_resource(cards: Path) -> None:
 
 
 def _stale_approval(cards: Path) -> None:
-    approve(cards, "mda5-ild-ivig-adjunct", "Dr Reviewer", TODAY, fixtures_dir=cards.parent / "fixtures")
-    edit(cards / "mda5-ild-ivig-adjunct.md", "**Evidence**", "**Evidence (edited)**")
+    approve(cards, "mda5-ild-ivig-adjunct", "Dr Reviewer", TODAY, fixtures_dir=cards.parent / "fixtures", role=ROLE)
+    edit(cards / "mda5-ild-ivig-adjunct.md", "**Why you are seeing this**", "**Why you are seeing this (edited)**")
 
 
 def _approved_without_approval(cards: Path) -> None:
@@ -263,8 +265,8 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "unknown attribute": (_unknown_attribute, "placeholder", "ivig-safety.md"),
     "unknown summary placeholder": (_unknown_summary_placeholder, "placeholder", "mda5-ild-ivig-adjunct.md"),
     "template syntax": (_template_syntax, "template", "ivig-safety.md"),
-    "unknown citation in body": (_unknown_citation_in_body, "citation", "ivig-safety.md"),
-    "unknown citation in front matter": (_unknown_citation_in_front_matter, "citation", "ivig-safety.md"),
+    "unknown citation in body": (_unknown_citation_in_body, "citation", "ivig-not-first-line.md"),
+    "unknown citation in front matter": (_unknown_citation_in_front_matter, "citation", "ivig-not-first-line.md"),
     "body citation not listed": (_body_citation_not_listed, "citation", "mda5-ild-ivig-adjunct.md"),
     "bad reference": (_bad_reference, "reference", "references.yaml"),
     "invalid value set": (_invalid_value_set, "valueset", "valuesets/antibody-pl7.json"),
@@ -319,7 +321,6 @@ def test_warnings_do_not_fail_the_check(content: tuple[Path, Path]) -> None:
     edit(cards / "ivig-safety.md", "{{ data_notes }}", "{% if 'rp-ildd' in findings %}x{% endif %}\n{{ data_notes }}")
     # A review that is overdue.
     set_key(cards / "ild-monitoring.md", "next_review_due", (TODAY - timedelta(days=1)).isoformat())
-    set_key(cards / "ild-monitoring.md", "last_reviewed", (TODAY - timedelta(days=200)).isoformat())
     problems = check(cards, fixtures)
     assert not errors(problems), errors(problems)
     warned = {(p.kind, p.file) for p in problems if p.severity == WARNING}
@@ -380,17 +381,18 @@ def test_approve_writes_status_and_approval_and_keeps_the_rest(content: tuple[Pa
     cards, fixtures = content
     path = cards / "ivig-not-first-line.md"
     before = path.read_text(encoding="utf-8")
-    result = approve(cards, "ivig-not-first-line", "Dr Ada Reviewer", TODAY, fixtures_dir=fixtures)
+    result = approve(cards, "ivig-not-first-line", "Dr Ada Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     after = path.read_text(encoding="utf-8")
 
     meta = front_matter(path)
     assert meta["status"] == "approved"
-    assert meta["approval"] == {"reviewer": "Dr Ada Reviewer", "date": TODAY, "content_hash": result.content_hash}
+    assert meta["approval"] == {"reviewer": "Dr Ada Reviewer", "role": ROLE, "date": TODAY,
+                                "content_hash": result.content_hash}
     # Only the status line changed and the approval block was added: comments and body survive.
     removed = [line for line in before.split("\n") if line not in after.split("\n")]
     added = [line for line in after.split("\n") if line not in before.split("\n")]
     assert removed == ["status: submitted"]
-    assert added[0] == "status: approved" and added[1] == "approval:" and len(added) == 5
+    assert added[0] == "status: approved" and added[1] == "approval:" and len(added) == 6
     assert "# The seeds' reasons" in after
     assert after.split("\n---\n", 1)[1] == before.split("\n---\n", 1)[1]
 
@@ -402,10 +404,10 @@ def test_approve_writes_status_and_approval_and_keeps_the_rest(content: tuple[Pa
 
 def test_reapproval_replaces_the_approval_block(content: tuple[Path, Path]) -> None:
     cards, fixtures = content
-    first = approve(cards, "ivig-safety", "Dr One", TODAY, fixtures_dir=fixtures)
+    first = approve(cards, "ivig-safety", "Dr One", TODAY, fixtures_dir=fixtures, role=ROLE)
     edit(cards / "ivig-safety.md", "**Adverse events to watch for**", "**Adverse events to monitor**")
     assert Catalog.load(cards).servable("ivig-safety", "approved-only", TODAY) == "approval-hash-mismatch"
-    second = approve(cards, "ivig-safety", "Dr Two", TODAY, fixtures_dir=fixtures)
+    second = approve(cards, "ivig-safety", "Dr Two", TODAY, fixtures_dir=fixtures, role=ROLE)
     text = (cards / "ivig-safety.md").read_text(encoding="utf-8")
     assert text.count("approval:") == 1 and text.count("status: approved") == 1
     assert first.content_hash != second.content_hash
@@ -418,42 +420,42 @@ def test_approve_refuses_content_that_fails_check(content: tuple[Path, Path]) ->
     _unknown_placeholder(cards)
     before = (cards / "ivig-safety.md").read_text(encoding="utf-8")
     with pytest.raises(GovernanceError, match="patient_name"):
-        approve(cards, "ivig-safety", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+        approve(cards, "ivig-safety", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     assert (cards / "ivig-safety.md").read_text(encoding="utf-8") == before
     # Errors in another card do not block this one.
-    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
 
 
 def test_approve_refuses_when_shared_files_are_broken(content: tuple[Path, Path]) -> None:
     cards, fixtures = content
     _bad_reference(cards)
     with pytest.raises(GovernanceError, match="references.yaml"):
-        approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+        approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
 
 
 def test_approve_refuses_retired_unknown_and_overdue_cards(content: tuple[Path, Path]) -> None:
     cards, fixtures = content
     edit(cards / "ild-monitoring.md", "status: submitted", "status: retired")
     with pytest.raises(GovernanceError, match="retired"):
-        approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+        approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     with pytest.raises(GovernanceError, match="no card"):
-        approve(cards, "no-such-card", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+        approve(cards, "no-such-card", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     with pytest.raises(GovernanceError, match="reviewer"):
-        approve(cards, "ivig-safety", "  ", TODAY, fixtures_dir=fixtures)
+        approve(cards, "ivig-safety", "  ", TODAY, fixtures_dir=fixtures, role=ROLE)
     set_key(cards / "ivig-safety.md", "next_review_due", (TODAY - timedelta(days=1)).isoformat())
     set_key(cards / "ivig-safety.md", "last_reviewed", (TODAY - timedelta(days=100)).isoformat())
     with pytest.raises(GovernanceError, match="next_review_due"):
-        approve(cards, "ivig-safety", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+        approve(cards, "ivig-safety", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
 
 
 def test_cli_approve(content: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     cards, fixtures = content
-    args = ["cards", "approve", "ild-monitoring", "--reviewer", "Dr CLI", "--cards-dir", str(cards),
+    args = ["cards", "approve", "ild-monitoring", "--reviewer", "Dr CLI", "--role", ROLE, "--cards-dir", str(cards),
             "--fixtures-dir", str(fixtures)]
     assert main(args) == 0
     assert "approved ild-monitoring by Dr CLI" in capsys.readouterr().out
     assert front_matter(cards / "ild-monitoring.md")["approval"]["reviewer"] == "Dr CLI"
-    assert main(["cards", "approve", "nope", "--reviewer", "X", "--cards-dir", str(cards)]) == 1
+    assert main(["cards", "approve", "nope", "--reviewer", "X", "--role", ROLE, "--cards-dir", str(cards)]) == 1
     assert "no card" in capsys.readouterr().err
 
 
@@ -510,7 +512,7 @@ def test_approved_card_is_served_until_edited_and_again_when_reapproved(
     assert served(policy_app()) == []  # nothing approved: everything withheld
     assert set(served(policy_app("all"))) == {"ivig-not-first-line", "asys-high-risk-phenotype", "ild-monitoring"}
 
-    approve(cards, "ivig-not-first-line", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+    approve(cards, "ivig-not-first-line", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     app = policy_app()
     assert served(app) == ["ivig-not-first-line"]
     request = build_request(load_fixture(DEMO_FIXTURE, FIXTURES), "order-select")
@@ -519,7 +521,7 @@ def test_approved_card_is_served_until_edited_and_again_when_reapproved(
     assert card["extension"]["org.example.ivig-cds"]["contentHash"] == \
         front_matter(cards / "ivig-not-first-line.md")["approval"]["content_hash"]
 
-    edit(cards / "ivig-not-first-line.md", "**Recommendation**", "**Recommendation (edited)**")
+    edit(cards / "ivig-not-first-line.md", "**Why you are seeing this**", "**Why you are seeing this (edited)**")
     app = policy_app()
     assert served(app) == []
     store = app.extensions["cds_runtime"].store
@@ -527,17 +529,17 @@ def test_approved_card_is_served_until_edited_and_again_when_reapproved(
     withheld = [{"cardId": w["cardId"], "reason": w["reason"]} for w in json.loads(store.audit_rows()[-1]["withheld"])]
     assert {"cardId": "ivig-not-first-line", "reason": "approval-hash-mismatch"} in withheld
 
-    approve(cards, "ivig-not-first-line", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+    approve(cards, "ivig-not-first-line", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     assert served(policy_app()) == ["ivig-not-first-line"]
 
 
 def test_expired_review_is_withheld(content: tuple[Path, Path], policy_app: Callable[..., Flask]) -> None:
     cards, fixtures = content
     path = cards / "asys-high-risk-phenotype.md"
-    set_key(path, "last_reviewed", (TODAY - timedelta(days=200)).isoformat())
     set_key(path, "next_review_due", (TODAY - timedelta(days=1)).isoformat())
     # Approved while the review was still current (two days ago) ...
-    approve(cards, "asys-high-risk-phenotype", "Dr Reviewer", TODAY - timedelta(days=2), fixtures_dir=fixtures)
+    approve(cards, "asys-high-risk-phenotype", "Dr Reviewer", TODAY - timedelta(days=2),
+            fixtures_dir=fixtures, role=ROLE)
     assert Catalog.load(cards).servable("asys-high-risk-phenotype", "approved-only",
                                         TODAY - timedelta(days=2)) is None
     # ... and withheld today, when the review is overdue.
@@ -551,7 +553,7 @@ def test_expired_review_is_withheld(content: tuple[Path, Path], policy_app: Call
 
 def test_retired_card_is_never_served(content: tuple[Path, Path], policy_app: Callable[..., Flask]) -> None:
     cards, fixtures = content
-    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures)
+    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=fixtures, role=ROLE)
     assert served(policy_app()) == ["ild-monitoring"]
     edit(cards / "ild-monitoring.md", "status: approved", "status: retired")
     assert served(policy_app()) == []

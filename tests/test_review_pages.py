@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "cards"
 FIXTURES = ROOT / "fixtures"
 TODAY = datetime.now(UTC).date()
+ROLE = "Consultant rheumatologist"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_stylesheet_is_served(review_app: Flask) -> None:
 def test_stale_approval_is_flagged_in_red(make_app: Callable[..., Flask], tmp_path: Path) -> None:
     cards = tmp_path / "cards"
     shutil.copytree(CARDS, cards)
-    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=FIXTURES)
+    approve(cards, "ild-monitoring", "Dr Reviewer", TODAY, fixtures_dir=FIXTURES, role=ROLE)
     client = make_app(CARDS_DIR=str(cards)).test_client()
     html = client.get("/review/ild-monitoring").get_data(as_text=True)
     assert "status-approved" in html and "served under approved-only" in html
@@ -125,7 +126,7 @@ def test_packet_contents(catalog: Catalog) -> None:
     for card in packet["cards"]:
         source = catalog.cards[card["id"]]
         assert card["version"] == source.version and card["status"] == source.status
-        assert card["owner"] and card["last_reviewed"] and card["next_review_due"]
+        assert card["owner"] and card["next_review_due"] and card["rationale"]["references"]
         assert card["hti1"]["developer"] and card["hti1"]["funding_source"]
         assert card["hti1"]["release_date"] and card["hti1"]["revision_date"]
         assert card["servable"] is False and card["withheld_explanation"]

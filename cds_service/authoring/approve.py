@@ -16,7 +16,7 @@ from pathlib import Path
 from cds_service.authoring.check import check
 from cds_service.authoring.problems import ERROR, GovernanceError
 from cds_service.clinical.dates import parse_date
-from cds_service.engine.content import CardContent, Catalog, normalise_body, split_front_matter
+from cds_service.engine.content import CardContent, Catalog, normalise_body, split_front_matter, split_rationale
 from cds_service.settings import load_settings
 
 _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:")
@@ -26,6 +26,7 @@ _TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:")
 class Approval:
     card_id: str
     reviewer: str
+    role: str
     date: date
     content_hash: str
     path: Path
@@ -55,7 +56,7 @@ def _key_block(lines: list[str], start: int, end: int, key: str) -> tuple[int, i
     return None
 
 
-def with_approval(text: str, reviewer: str, day: date, content_hash: str | None) -> str:
+def with_approval(text: str, reviewer: str, day: date, content_hash: str | None, role: str = "") -> str:
     """The card text with ``status: approved`` and (when ``content_hash``) the approval block, edited
     textually so that comments and layout of the rest of the front matter survive."""
     newline = "\r\n" if "\r\n" in text else "\n"
@@ -77,6 +78,7 @@ def with_approval(text: str, reviewer: str, day: date, content_hash: str | None)
     new_block = [] if content_hash is None else [
         "approval:",
         f"  reviewer: {json.dumps(reviewer, ensure_ascii=False)}",
+        *([f"  role: {json.dumps(role, ensure_ascii=False)}"] if role else []),
         f"  date: {day.isoformat()}",
         f"  content_hash: {content_hash}",
     ]
@@ -91,14 +93,17 @@ def with_approval(text: str, reviewer: str, day: date, content_hash: str | None)
 
 
 def approve(cards_dir: str | Path, card_id: str, reviewer: str, today: date | None = None,
-            fixtures_dir: str | Path | None = None) -> Approval:
-    """Record ``reviewer``'s approval of the card's current text (``status: approved`` + approval block
-    bound to the content hash).  Refuses content that fails ``check``."""
+            fixtures_dir: str | Path | None = None, role: str = "") -> Approval:
+    """Record ``reviewer``'s approval (in ``role``, shown to clinicians) of the card's current text
+    (``status: approved`` + approval block bound to the content hash).  Refuses content that fails ``check``."""
     cards_dir = Path(cards_dir)
     today = today or datetime.now(UTC).date()
     reviewer = " ".join(str(reviewer).split())
     if not reviewer:
         raise GovernanceError("a reviewer name is required")
+    role = " ".join(str(role).split())
+    if not role:
+        raise GovernanceError("the reviewer's role is required (--role): clinicians see it in source.label")
     path = cards_dir / f"{card_id}.md"
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", card_id) or not path.is_file():
         raise GovernanceError(f"no card {card_id!r} in {cards_dir}")
@@ -124,12 +129,14 @@ def approve(cards_dir: str | Path, card_id: str, reviewer: str, today: date | No
     unapproved = with_approval(original, reviewer, today, None)
     catalog = Catalog.load(cards_dir)
     new_meta, new_body = split_front_matter(unapproved, path.name)
-    catalog.cards[card_id] = CardContent(card_id, new_meta, normalise_body(new_body), path)
+    new_detail, new_rationale = split_rationale(new_body)
+    catalog.cards[card_id] = CardContent(card_id, new_meta, normalise_body(new_detail), path,
+                                         rationale=normalise_body(new_rationale) if new_rationale.strip() else "")
     content_hash = catalog.compute_hash(card_id)
-    approved_text = with_approval(original, reviewer, today, content_hash)
+    approved_text = with_approval(original, reviewer, today, content_hash, role)
     path.write_text(approved_text, encoding="utf-8")
     reloaded = Catalog.load(cards_dir)
     if reloaded.hashes.get(card_id) != content_hash or reloaded.servable(card_id, "approved-only", today):
         path.write_text(original, encoding="utf-8")
         raise GovernanceError(f"{card_id}: the approval did not verify after writing; the file was restored")
-    return Approval(card_id, reviewer, today, content_hash, path)
+    return Approval(card_id, reviewer, role, today, content_hash, path)

@@ -28,21 +28,38 @@ from jinja2 import TemplateSyntaxError, meta
 from cds_service.authoring.calls import check_runtime
 from cds_service.authoring.front_matter import front_matter_problems
 from cds_service.authoring.problems import ERROR, INFO, WARNING, Problem, short_error, sorted_problems
-from cds_service.authoring.renderings import check_pipeline, check_synthetic_renderings, finding_literals
-from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES
+from cds_service.authoring.renderings import INLINE_LINK, check_pipeline, check_synthetic_renderings, finding_literals
+from cds_service.authoring.statements import statements
+from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES, CardId
 from cds_service.clinical.dates import parse_date
 from cds_service.engine.content import (
     CITATION,
+    EXPERT_OPINION,
+    ORIGIN,
+    RATIONALE_MARKER,
     Catalog,
     ContentError,
+    cited_keys,
     make_environment,
     normalise_body,
     split_front_matter,
+    split_rationale,
 )
 from cds_service.terminology import Terminology, compile_value_set
 
 REFERENCE_KEYS = frozenset({"authors", "title", "journal", "year", "volume", "pages", "doi", "pmid", "url",
-                            "note", "short"})
+                            "note", "short", "kind", "verified_at"})
+REFERENCE_KINDS = frozenset({"guideline", "trial", "cohort", "systematic-review", "review", "label", ORIGIN})
+#: Where a prescribing-information (label) URL may point: DailyMed or the FDA.
+LABEL_HOSTS = ("https://dailymed.nlm.nih.gov/", "https://nctr-crs.fda.gov/", "https://www.fda.gov/",
+               "https://www.accessdata.fda.gov/")
+#: Cards still in the format before issue 13, being rewritten on another branch: their problems of the
+#: issue-13 kinds are reported as warnings until the rewrite lands (then this set is emptied).
+TRANSITIONAL = frozenset({CardId.IVIG_SAFETY.value})
+_ISSUE13_KINDS = frozenset({"statement", "rationale", "citation", "detail-length", "inline-link", "owner",
+                            "origin-cited"})
+_JINJA_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}")
+_OWNER_PLACEHOLDER = re.compile(r"to be named|tbd|tba|to be confirmed|placeholder", re.I)
 # What reading a malformed value set raises (a missing key, a list where a mapping belongs, …).
 MALFORMED = (KeyError, TypeError, AttributeError, ValueError)
 
@@ -69,8 +86,9 @@ def check(cards_dir: str | Path, fixtures_dir: str | Path, today: date | None = 
     for card_file in card_files:
         if card_file.meta:
             problems += _check_card_static(card_file, terminology, references)
+    problems += _unused_references(references, card_files)
     if not shared_ok:
-        return sorted_problems(problems)
+        return sorted_problems(_transitional(problems))
     broken = {c.path.name for c in card_files if not c.loadable}
     with _loadable_copy(cards_dir, broken, bad_valuesets) as directory:
         try:
@@ -79,7 +97,7 @@ def check(cards_dir: str | Path, fixtures_dir: str | Path, today: date | None = 
         except Exception as exc:  # boundary: whatever stops the service from starting on
             # this content (ContentError, a template or YAML error in a half-written file) is reported.
             problems.append(Problem(cards_dir.name, "load", f"the content could not be loaded: {exc}"))
-            return sorted_problems(problems)
+            return sorted_problems(_transitional(problems))
         try:
             catalog = runtime.catalog
             problems += _check_catalog(catalog, today)
@@ -88,7 +106,7 @@ def check(cards_dir: str | Path, fixtures_dir: str | Path, today: date | None = 
         finally:
             runtime.store.close()
     problems += _low_confidence(terminology)
-    return sorted_problems(problems)
+    return sorted_problems(_transitional(problems))
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -127,7 +145,8 @@ def _check_shared_files(cards_dir: Path, problems: list[Problem]) -> bool:
 
 def _check_shared(shared: Mapping[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
-    for key in ("source_label", "override_reason_system", "pending_line"):
+    for key in ("source_label", "override_reason_system", "unreviewed_label", "reviewed_label",
+                "rationale_link_label", "disclaimer"):
         if not isinstance(shared.get(key), str) or not shared[key].strip():
             problems.append(Problem("_shared.yaml", "shared", f"`{key}` must be a non-empty string"))
     system = shared.get("override_reason_system")
@@ -173,7 +192,54 @@ def _check_references(references: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem(where, "reference", f"{key}: `url` must be an absolute https URL"))
         if ref.get("year") is not None and not isinstance(ref.get("year"), int):
             problems.append(Problem(where, "reference", f"{key}: `year` must be a number"))
+        if ref.get("kind") not in REFERENCE_KINDS:
+            problems.append(Problem(where, "reference", f"{key}: `kind` must be one of "
+                                    f"{', '.join(sorted(REFERENCE_KINDS))}"))
     return problems
+
+
+def identifier_problem(key: str, ref: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(severity, message) when evidence ``ref`` has neither PMID, DOI nor a label URL."""
+    if ref.get("pmid") or ref.get("doi"):
+        return None
+    url = str(ref.get("url") or "")
+    if ref.get("kind") == "label" and url.startswith(LABEL_HOSTS):
+        return None
+    if ref.get("kind") == "label" and url.startswith("https://"):
+        return WARNING, (f"[{key}] is prescribing information on the manufacturer's site, not DailyMed/FDA: "
+                         "replace the url once the DailyMed set id is verified")
+    return ERROR, f"[{key}] has neither a PMID, a DOI nor a prescribing-information (DailyMed/FDA) URL"
+
+
+def _unused_references(references: Mapping[str, Any], card_files: Sequence[_CardFile]) -> list[Problem]:
+    used: set[str] = set()
+    for card in card_files:
+        used |= set(cited_keys(card.body))
+        if isinstance(card.meta.get("citations"), list):
+            used |= {str(c) for c in card.meta["citations"]}
+    return [Problem("references.yaml", "reference", f"{key}: not cited by any card (remove it, or cite it)")
+            for key, ref in references.items()
+            if key not in used and not (isinstance(ref, dict) and ref.get("kind") == ORIGIN)]
+
+
+def _transitional(problems: list[Problem]) -> list[Problem]:
+    return [Problem(p.file, p.kind, f"(transitional, being rewritten elsewhere) {p.message}", WARNING, p.card_id)
+            if p.card_id in TRANSITIONAL and p.severity == ERROR and p.kind in _ISSUE13_KINDS else p
+            for p in problems]
+
+
+def statement_problems(text: str, label: str, warning_card: bool) -> list[tuple[str, str]]:
+    """(kind, message) for statements without a citation, and (in a warning card's detail) statements
+    whose only basis is expert opinion."""
+    found: list[tuple[str, str]] = []
+    for statement in statements(text):
+        keys = set(CITATION.findall(statement))
+        if not keys:
+            found.append(("statement", f"{label}: a statement has no citation: {statement[:100]!r}"))
+        elif warning_card and keys <= {EXPERT_OPINION}:
+            found.append(("statement", f"{label}: expert opinion is the only basis of a statement on a warning "
+                          f"card: {statement[:100]!r}"))
+    return found
 
 
 def _check_valuesets(cards_dir: Path, problems: list[Problem]) -> set[str]:
@@ -309,12 +375,43 @@ def _check_card_static(card: _CardFile, terminology: Terminology,
         except TemplateSyntaxError as exc:
             add("template", f"suggestions: {exc.message} in {source[:60]!r}")
 
+    # The issue-13 format: detail template, then <!-- rationale --> and a static rationale page.
+    detail, rationale = split_rationale(card.body)
+    if RATIONALE_MARKER not in card.body or not rationale.strip():
+        add("rationale", f"no rationale page: the detail template must be followed by a line {RATIONALE_MARKER} "
+            "and the rationale (Markdown)")
+    elif "{{" in rationale or "{%" in rationale:
+        add("rationale", "the rationale page is static: no template variables or tags after the marker")
+    warning_card = fm.get("indicator") in ("warning", "critical") or any(
+        str(v) in ("warning", "critical") for v in (fm.get("indicator_rules") or {}).values()) \
+        if isinstance(fm.get("indicator_rules") or {}, dict) else False
+    for kind, message in statement_problems(detail, "detail", warning_card) \
+            + statement_problems(rationale, "rationale", False):
+        add(kind, message)
+    for label, text in (("detail", detail), ("rationale", rationale)):
+        if INLINE_LINK.search(_JINJA_TAG.sub("", text)):
+            add("inline-link", f"{label}: no inline links or URLs (references are numbered on the rationale page)")
+    owner = str(fm.get("owner", ""))
+    if _OWNER_PLACEHOLDER.search(owner):
+        add("owner", f"the owner is a role, never a placeholder: {owner!r}")
+
     # Citations: front matter keys and every [key] in the body resolve in references.yaml.
     listed = [str(c) for c in fm.get("citations", []) or []] if isinstance(fm.get("citations"), list) else []
+    in_text = cited_keys(card.body)
     for key in listed:
         if key not in references:
             add("citation", f"citation {key!r} is not in references.yaml")
-    for key in dict.fromkeys(CITATION.findall(card.body)):
+        elif key not in in_text:
+            add("citation", f"citation {key!r} is listed in the front matter but no statement cites it")
+    for key in in_text:
+        ref = references.get(key)
+        if isinstance(ref, dict) and ref.get("kind") == ORIGIN:
+            add("origin-cited", f"[{key}] is an origin (a seed), never evidence: cite the primary source")
+        elif isinstance(ref, dict):
+            problem = identifier_problem(key, ref)
+            if problem:
+                add("citation", problem[1], problem[0])
+    for key in cited_keys(card.body):
         if key not in references:
             add("citation", f"the text cites [{key}], which is not in references.yaml")
         elif key not in listed:

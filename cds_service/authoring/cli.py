@@ -48,11 +48,11 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         result = approve(args.cards_dir or settings.CARDS_DIR, args.card_id, args.reviewer,
-                         fixtures_dir=args.fixtures_dir or settings.FIXTURES_DIR)
+                         fixtures_dir=args.fixtures_dir or settings.FIXTURES_DIR, role=args.role)
     except GovernanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"approved {result.card_id} by {result.reviewer} on {result.date.isoformat()} "
+    print(f"approved {result.card_id} by {result.reviewer} ({result.role}) on {result.date.isoformat()} "
           f"(content hash {result.content_hash}) -> {result.path}")
     return 0
 
@@ -108,6 +108,8 @@ def add_cards_commands(subparsers: Subparsers) -> None:
     approve_p = cards_sub.add_parser("approve", help="record an approval of a card's current text")
     approve_p.add_argument("card_id", help="the card id, e.g. ivig-safety")
     approve_p.add_argument("--reviewer", required=True, help="the clinical reviewer's name")
+    approve_p.add_argument("--role", required=True,
+                           help="the reviewer's role, shown to clinicians (e.g. \"Consultant rheumatologist\")")
     approve_p.add_argument("--cards-dir", help="content directory (default: CDS_CARDS_DIR or ./cards)")
     approve_p.add_argument("--fixtures-dir", help="fixtures directory used by the check")
     approve_p.set_defaults(func=_cmd_approve)

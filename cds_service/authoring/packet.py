@@ -18,10 +18,11 @@ from typing import Any
 
 from cds_service.authoring.calls import FixtureError, call_fixture, check_runtime, expected_cards, read_fixture
 from cds_service.authoring.problems import short_error
+from cds_service.authoring.statements import statements
 from cds_service.clinical.dates import parse_date
 from cds_service.devtools.fixtures import list_fixtures
 from cds_service.engine import pipeline
-from cds_service.engine.content import Catalog, Renderer
+from cds_service.engine.content import EXPERT_OPINION, Catalog, Renderer, bibliographic
 from cds_service.protocol import HOOKS
 from cds_service.terminology import EXT_ALIAS, EXT_ALIAS_EXCLUDE, Terminology
 
@@ -59,35 +60,6 @@ def review_packet(catalog: Catalog, fixtures_dir: str | Path, today: date | None
                 packets.clear()
             packets[key] = _build_packet(catalog, Path(fixtures_dir), today)
         return packets[key]
-
-
-def bibliographic(ref: Mapping[str, Any]) -> str:
-    """A reference as one Vancouver-style string (authors. title. journal. year;volume:pages. doi. PMID.)."""
-    parts: list[str] = []
-    for key in ("authors", "title", "journal"):
-        value = ref.get(key)
-        if value:
-            parts.append(str(value).strip().rstrip("."))
-    when = str(ref.get("year") or "")
-    if ref.get("volume"):
-        when += f";{ref['volume']}"
-    if ref.get("pages"):
-        when += f":{ref['pages']}"
-    if when:
-        parts.append(when)
-    if ref.get("doi"):
-        parts.append(f"doi:{ref['doi']}")
-    if ref.get("pmid"):
-        parts.append(f"PMID: {ref['pmid']}")
-    if ref.get("url") and not ref.get("doi"):
-        parts.append(str(ref["url"]))
-    text = ""
-    for part in parts:
-        if text:
-            text += " " if text.endswith((".", "?", "!")) else ". "
-        text += part
-    ends_with_url = bool(ref.get("url")) and text.endswith(str(ref.get("url")))
-    return text + ("" if not text or ends_with_url or text.endswith((".", "?", "!")) else ".")
 
 
 def _jsonable(value: Any) -> Any:
@@ -187,6 +159,7 @@ def _examples(catalog: Catalog, fixtures_dir: Path, today: date) -> dict[str, di
 def _card_entry(catalog: Catalog, card_id: str, today: date,
                 example: dict[str, Any] | None) -> dict[str, Any]:
     card = catalog.cards[card_id]
+    renderer = Renderer(catalog)
     fm = card.meta
     current = catalog.hashes[card_id]
     approval = card.approval
@@ -196,6 +169,10 @@ def _card_entry(catalog: Catalog, card_id: str, today: date,
     for key in fm.get("citations", []) or []:
         ref = catalog.references.get(str(key))
         citations.append({"key": str(key), "text": bibliographic(ref) if isinstance(ref, dict) else "",
+                          "kind": ref.get("kind") if isinstance(ref, dict) else None,
+                          "pmid": ref.get("pmid") if isinstance(ref, dict) else None,
+                          "doi": ref.get("doi") if isinstance(ref, dict) else None,
+                          "verified_at": ref.get("verified_at") if isinstance(ref, dict) else None,
                           "url": ref.get("url") if isinstance(ref, dict) else None,
                           "note": str(ref.get("note", "")) if isinstance(ref, dict) else "",
                           "missing": not isinstance(ref, dict)})
@@ -213,7 +190,6 @@ def _card_entry(catalog: Catalog, card_id: str, today: date,
         "withheld_explanation": None if reason is None else WITHHELD_WORDS.get(
             reason, f"the status is {card.status}, not approved" if reason.startswith("status-") else reason),
         "owner": fm.get("owner"),
-        "last_reviewed": fm.get("last_reviewed"),
         "next_review_due": fm.get("next_review_due"),
         "review_overdue": due is not None and due < today,
         "hti1": {
@@ -232,7 +208,10 @@ def _card_entry(catalog: Catalog, card_id: str, today: date,
         "override_reasons": [r for r in fm.get("override_reasons", []) or [] if isinstance(r, dict)],
         "override_reason_system": catalog.shared.get("override_reason_system"),
         "suggestions": fm.get("suggestions") or [],
-        "links": Renderer(catalog).links(card),
+        "links": renderer.links(card, ""),
+        # The public rationale page (GET /cards/<card-id>) exactly as served, and what on it is expert opinion.
+        "rationale": renderer.rationale(card_id),
+        "expert_opinion": [s for s in statements(card.rationale) if f"[{EXPERT_OPINION}]" in s],
         "valuesets": [_valueset_entry(catalog.terminology, str(v)) for v in fm.get("valuesets", []) or []],
         "path": card.path.name,
     })

@@ -29,13 +29,23 @@ from cds_service.clinical.contract import (
 )
 from cds_service.clinical.model import DataNote, Decision, Fact
 from cds_service.devtools.fixtures import list_fixtures
-from cds_service.engine.content import SUMMARY_MAX, CardContent, Catalog, Renderer, RenderError, make_environment
+from cds_service.engine.content import (
+    DETAIL_MAX,
+    SUMMARY_MAX,
+    CardContent,
+    Catalog,
+    Renderer,
+    RenderError,
+    make_environment,
+)
 from cds_service.engine.runtime import Runtime
 from cds_service.protocol import HOOKS
 from cds_service.terminology import Terminology
 
 # "…[ref]- Next item": a list marker glued to the previous line (a block tag ate the newline).
 _GLUED_LIST_ITEM = re.compile(r"[^\s\-]- (?=[A-Z*\[])")
+#: A Markdown inline link or a bare URL: never in a card's detail (a click would navigate the EHR away).
+INLINE_LINK = re.compile(r"\]\(|<https?://|https?://")
 _LONG_ID = "x" * 64  # FHIR ids are at most 64 characters
 _DAY = "2026-11-22"
 CARD_IDS = frozenset(CardId)
@@ -89,7 +99,7 @@ def synthetic_variables(terminology: Terminology, maximal: bool) -> TemplateVari
 
 
 def _synthetic_facts(terminology: Terminology) -> list[Fact]:
-    titles = sorted((vs.title for vs in terminology.value_sets.values()), key=len, reverse=True)[:2]
+    titles = sorted((vs.title for vs in terminology.value_sets.values()), key=len, reverse=True)[:8]
     titles = titles or ["Fact"]
     facts = [Fact(label=titles[0], value_key="strong-positive", date=_DAY, reference=f"Observation/{_LONG_ID}")]
     facts += [Fact(label=title, value_text="1234.56 mL/min/{1.73_m2} (low)", date=_DAY,
@@ -176,6 +186,12 @@ def check_rendered(card: CardContent, rendered: Mapping[str, Any], summary: str 
                                             f"{action.get('type')} resource is not valid FHIR R4: {message}",
                                             ERROR, card.id))
     detail = str(rendered.get("detail", ""))
+    if len(detail) > DETAIL_MAX:
+        problems.append(Problem(card.path.name, "detail-length", f"{where}: the detail renders to {len(detail)} "
+                                f"characters (at most {DETAIL_MAX})", ERROR, card.id))
+    if INLINE_LINK.search(detail):
+        problems.append(Problem(card.path.name, "inline-link", f"{where}: the detail contains an inline link",
+                                ERROR, card.id))
     for line in detail.splitlines():
         if _GLUED_LIST_ITEM.search(line) and not line.lstrip().startswith("`"):
             problems.append(Problem(card.path.name, "markdown",

@@ -102,9 +102,10 @@ def test_cards_link_their_review_page_and_carry_review_status(client: FlaskClien
     assert response.headers.get("X-Content-Type-Options") == "nosniff"
     for c in check_response(response.get_json()):
         card_id = c["source"]["topic"]["code"]
-        assert c["source"]["url"] == f"https://cds.acceptance.example.net/review/{card_id}"
-        assert "Pending clinical review" in c["source"]["label"]
-        assert "Pending clinical review" in c["detail"]
+        assert c["source"]["url"] == f"https://cds.acceptance.example.net/cards/{card_id}"
+        assert "Not yet clinically reviewed — for evaluation only" in c["source"]["label"]
+        assert {"label": "Evidence, full guidance and disclaimer", "type": "absolute",
+                "url": f"https://cds.acceptance.example.net/cards/{card_id}"} in c["links"]
         extension = c.get("extension")
         assert isinstance(extension, dict) and len(extension) == 1
         (key, meta), = extension.items()

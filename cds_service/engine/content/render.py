@@ -13,13 +13,29 @@ from markupsafe import Markup
 
 from cds_service.clinical.contract import LOOP_ITEM, RenderVariables, TemplateVariables, template_context
 from cds_service.clinical.model import DataNote, Decision, Fact
-from cds_service.engine.content.catalog import CITATION, SEVERITY, SUMMARY_MAX, CardContent, Catalog
+from cds_service.engine.content.catalog import (
+    EXPERT_OPINION,
+    SEVERITY,
+    SUMMARY_MAX,
+    CardContent,
+    Catalog,
+    bibliographic,
+)
 from cds_service.engine.content.text import escaped, md_escape
 from cds_service.ids import new_uuid
 from cds_service.protocol.card import CARD_SYSTEM, Card, CardIdentity
 
 # An action.resourceId as response.json requires it: a relative reference Type/id.
 _RESOURCE_ID = re.compile(r"^[A-Z][A-Za-z]+/[^/\s]+$")
+#: A group of adjacent citation markers, "[a] [b]", rendered as one "[1, 2]".
+_KEY = r"\[[a-z0-9][a-z0-9-]*[a-z0-9]\](?!\()"
+_CITATION_GROUP = re.compile(rf"[ \t]*{_KEY}(?:[ \t]*{_KEY})*")
+#: What a clinician reads of ``detail`` at most, in Markdown characters, for any patient.
+DETAIL_MAX = 900
+#: How the detail is made to fit DETAIL_MAX, step by step: (data notes compact: 0 as written, 1 one line
+#: naming what is missing, 2 only how many; facts: with resource references?, how many listed at most).
+_FIT_LEVELS: tuple[tuple[int, bool, int | None], ...] = (
+    (0, True, None), (1, True, None), (1, False, None), (1, False, 3), (2, False, 1))
 
 
 class RenderError(Exception):
@@ -41,7 +57,7 @@ class Renderer:
         self.hashes = catalog.hashes
         self._shared_templates = catalog.shared_templates
         self._structure_templates: dict[str, Any] = {}
-        self._static: dict[tuple[str, str], Any] = {}
+        self._static: dict[tuple[str, ...], Any] = {}
 
     def status_display(self, key: str | None) -> str:
         return self.catalog.status_display(key)
@@ -52,8 +68,9 @@ class Renderer:
     def approval_current(self, card: CardContent) -> bool:
         return self.catalog.approval_current(card)
 
-    def render_fact(self, fact: Fact) -> str:
-        template = self._shared_templates.get("fact_line")
+    def render_fact(self, fact: Fact, compact: bool = False) -> str:
+        template = self._shared_templates.get("compact_fact_line" if compact else "fact_line") \
+            or self._shared_templates.get("fact_line")
         shown = self.status_display(fact.value_key)
         if fact.value_text and shown and fact.value_text.strip().lower() != shown.strip().lower() \
                 and fact.value_text.strip().lower() != str(fact.value_key).lower():
@@ -64,10 +81,15 @@ class Renderer:
             return f"- {md_escape(fact.label)}"
         return template.render(**values).strip()
 
-    def render_notes(self, card_id: str, notes: list[DataNote], fired: frozenset[str] = frozenset()) -> Markup:
+    def render_notes(self, card_id: str, notes: list[DataNote], fired: frozenset[str] = frozenset(),
+                     compact: int = 0) -> Markup:
         """What could not be read or checked.  A key's note goes to the cards it affects; when none
-        of those fired, to every card that did, so that no unavailable key goes unmentioned."""
+        of those fired, to every card that did, so that no unavailable key goes unmentioned.
+        ``compact``: 1 one line naming what could not be checked and how many records were skipped;
+        2 the same line with only how many."""
         lines: list[str] = []
+        short: list[str] = []
+        skipped_count = 0
         data_notes = self.shared.get("unavailable_data", {}) or {}
         skipped = self.shared.get("skipped_reasons", {}) or {}
         seen: set[str] = set()
@@ -79,10 +101,12 @@ class Renderer:
                 affects = set(entry.get("affects") or [])
                 if card_id not in affects and (affects & fired or not fired):
                     continue
+                short.append(str(entry.get("short") or entry.get("text", "")))
                 template = self._shared_templates.get("data_note_line")
                 text = str(entry.get("text", ""))
                 line = template.render(text=escaped(md_escape(text))) if template else f"- {md_escape(text)}"
             else:
+                skipped_count += 1
                 template = self._shared_templates.get("skipped_line")
                 reason = str(skipped.get(note.key, skipped.get("unexpected-type", note.key)))
                 if template:
@@ -96,20 +120,37 @@ class Renderer:
                 lines.append(line)
         if not lines:
             return escaped("")
+        compact_line = self._shared_templates.get("compact_notes_line")
+        if compact and compact_line is not None:
+            items = list(dict.fromkeys(short))
+            return escaped(compact_line.render(items=items if compact == 1 else [], unchecked=len(items),
+                                               skipped=skipped_count).strip())
         heading = self._shared_templates.get("data_notes_heading")
         head = heading.render().strip() if heading else ""
         return escaped("\n".join([head, ""] + lines if head else lines))
 
-    def _link_citations(self, text: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            ref = self.references.get(match.group(1))
-            if not isinstance(ref, dict):
-                return match.group(0)
-            label = self.short_label(match.group(1))
-            url = ref.get("url")
-            return f"[{label}]({url})" if url else f"({label})"
+    def number_citations(self, card_id: str, text: str, expert: str = "") -> str:
+        """``[key]`` → ``[n]`` (the reference's number on the rationale page); adjacent markers merge
+        into ``[1, 2]``; ``[expert-opinion]`` → ``expert``; ``[record]``, an origin seed or an unknown
+        key show nothing (a seed is never shown to a clinician as evidence)."""
+        numbers = self._numbers(card_id)
 
-        return CITATION.sub(replace, text)
+        def replace(match: re.Match[str]) -> str:
+            keys = re.findall(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\]", match.group(0))
+            shown = [str(numbers[k]) for k in dict.fromkeys(keys) if k in numbers]
+            out = f" [{', '.join(shown)}]" if shown else ""
+            if EXPERT_OPINION in keys and expert:
+                out += f" {expert}"
+            return out
+
+        return _CITATION_GROUP.sub(replace, text)
+
+    def _numbers(self, card_id: str) -> dict[str, int]:
+        numbers = self._static.get(("numbers", card_id))
+        if numbers is None:
+            numbers = self._static[("numbers", card_id)] = {
+                key: index for index, key in enumerate(self.catalog.citation_order(card_id), start=1)}
+        return numbers
 
     def _render_structure(self, value: Any, context: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
@@ -152,7 +193,17 @@ class Renderer:
         return indicator
 
     def source_url(self, card_id: str, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/review/{card_id}"
+        """The card's public rationale page (``GET /cards/<card-id>``) on the service's base URL."""
+        return f"{base_url.rstrip('/')}/cards/{card_id}"
+
+    def source_label(self, card: CardContent) -> str:
+        """``source.label``: the review state the clinician needs (never a date the card was not reviewed on)."""
+        label = self._static.get(("label", card.id))
+        if label is None:
+            brand = str(self.shared.get("source_label", "")).strip()
+            state = self.catalog.review_state(card)
+            label = self._static[("label", card.id)] = f"{brand} · {state}" if brand and state else (state or brand)
+        return str(label)
 
     def render(self, decision: Decision, variables: TemplateVariables, notes: list[DataNote],
                base_url: str, policy: str, patient_id: str | None = None, fired: Iterable[str] = ()) -> Card:
@@ -166,27 +217,39 @@ class Renderer:
     def _render(self, decision: Decision, variables: TemplateVariables, notes: list[DataNote],
                 base_url: str, policy: str, patient_id: str | None, fired: frozenset[str]) -> Card:
         card = self.catalog.cards[decision.card_id]
-        facts_md = escaped("\n".join(self.render_fact(f) for f in merge_facts(decision.facts_used)))
-        context = template_context(variables, RenderVariables(
-            facts_used=facts_md, findings=frozenset(decision.findings),
-            data_notes=self.render_notes(card.id, notes, fired), patient_id=patient_id))
         assert card.summary_template is not None and card.body_template is not None
+        facts = merge_facts(decision.facts_used)
+        # The detail must fit DETAIL_MAX for any patient: as written first; when it would not fit, the
+        # data notes compacted, then the facts without resource references, then only the first facts.
+        # A text that fits at no step is served as written (``cards check`` reports it).
+        first: tuple[str, Any] | None = None
+        for notes_level, references, most in _FIT_LEVELS:
+            shown = facts if most is None else facts[:most]
+            lines = [self.render_fact(f, compact=not references) for f in shown]
+            if len(shown) < len(facts):
+                more = self._shared_templates.get("more_facts_line")
+                if more is not None:
+                    lines.append(more.render(count=len(facts) - len(shown)).strip())
+            context = template_context(variables, RenderVariables(
+                facts_used=escaped("\n".join(lines)), findings=frozenset(decision.findings),
+                data_notes=self.render_notes(card.id, notes, fired, compact=notes_level), patient_id=patient_id))
+            detail = self.number_citations(card.id, card.body_template.render(**context).strip(),
+                                           str(self.shared.get("expert_opinion_detail", "")))
+            detail = re.sub(r"\n{3,}", "\n\n", detail)
+            if first is None:
+                first = (detail, context)
+            if len(detail) <= DETAIL_MAX:
+                break
+        else:
+            assert first is not None
+            detail, context = first
         full_summary = " ".join(card.summary_template.render(**context).split())
         summary = full_summary
         if len(summary) > SUMMARY_MAX:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
-        detail = self._link_citations(card.body_template.render(**context).strip())
-        detail = re.sub(r"\n{3,}", "\n\n", detail)
-        status_lines = self._static.get(("status", card.id))
-        if status_lines is None:  # the same for every call: rendered once per loaded catalogue
-            status_lines = self._static[("status", card.id)] = self._status_lines(card, policy)
-        detail += "\n\n" + status_lines
-        label = str(self.shared.get("source_label", "ivig-cds"))
-        if not self.approval_current(card):
-            label = f"{label} — {self.shared.get('pending_label', '')}".rstrip(" —")
-        links = self._static.get(("links", card.id))
+        links = self._static.get(("links", card.id, base_url))
         if links is None:
-            links = self._static[("links", card.id)] = self.links(card)
+            links = self._static[("links", card.id, base_url)] = self.links(card, base_url)
         reasons_system = str(self.shared.get("override_reason_system", ""))
         suggestions = self._suggestions(card, context, frozenset(decision.findings))
         return Card(
@@ -194,7 +257,7 @@ class Renderer:
             summary=summary,
             detail=detail,
             indicator=self.indicator(card, decision.findings),
-            source={"label": label, "url": self.source_url(card.id, base_url),
+            source={"label": self.source_label(card), "url": self.source_url(card.id, base_url),
                     "topic": {"system": CARD_SYSTEM, "code": card.id,
                               "display": str(card.meta.get("title", card.id))}},
             identity=CardIdentity(card.id, card.version, self.hashes[card.id], card.status),
@@ -232,15 +295,11 @@ class Renderer:
                 suggestions.append(item)
         return suggestions
 
-    def links(self, card: CardContent) -> list[dict[str, Any]]:
-        links: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for key in card.meta.get("citations", []) or []:
-            ref = self.references.get(str(key))
-            if isinstance(ref, dict) and isinstance(ref.get("url"), str) \
-                    and ref["url"].startswith("https://") and ref["url"] not in seen:
-                seen.add(ref["url"])
-                links.append({"label": self.short_label(str(key)), "url": ref["url"], "type": "absolute"})
+    def links(self, card: CardContent, base_url: str) -> list[dict[str, Any]]:
+        """The rationale page first (evidence, full guidance, disclaimer), then the card's own links."""
+        links: list[dict[str, Any]] = [{"label": str(self.shared.get("rationale_link_label", "")) or card.id,
+                                        "url": self.source_url(card.id, base_url), "type": "absolute"}]
+        seen = {links[0]["url"]}
         for link in card.meta.get("links", []) or []:
             if isinstance(link, dict) and str(link.get("url", "")).startswith("https://") \
                     and link["url"] not in seen:
@@ -248,32 +307,39 @@ class Renderer:
                 links.append({"label": str(link.get("label")), "url": link["url"], "type": "absolute"})
         return links
 
-    def _status_lines(self, card: CardContent, policy: str) -> str:
+    # -- the rationale page ---------------------------------------------------------------
+    def rationale(self, card_id: str) -> dict[str, Any]:
+        """Everything the public page ``GET /cards/<card-id>`` shows of the served content version:
+        no patient data.  Rendered once per loaded catalogue."""
+        page = self._static.get(("rationale", card_id))
+        if page is not None:
+            return page
+        card = self.catalog.cards[card_id]
         meta = card.meta
-        lines = []
-        if not self.approval_current(card):
-            pending = self.shared.get("pending_line")
-            if pending:
-                lines.append(f"**{md_escape(pending)}**")
-        review = self._shared_templates.get("review_line")
-        if review is not None:
-            approval = card.approval or {}
-            lines.append(review.render(status=card.status, version=card.version,
-                                       last_reviewed=str(meta.get("last_reviewed", "")),
-                                       approval={"reviewer": str(approval.get("reviewer", "")),
-                                                 "date": str(approval.get("date", ""))} if approval else None,
-                                       content_hash=self.hashes[card.id][:12]).strip())
-        attribution = self._shared_templates.get("attribution_line")
-        if attribution is not None:
-            citations = [self.short_label(str(k)) for k in meta.get("citations", []) or []]
-            lines.append(attribution.render(developer=str(meta.get("developer", "")),
-                                            funding_source=str(meta.get("funding_source", "")),
-                                            release_date=str(meta.get("release_date", "")),
-                                            revision_date=str(meta.get("revision_date", "")),
-                                            citations=", ".join(citations)).strip())
-        return "\n\n".join(line for line in lines if line)
-
-
+        references = []
+        for number, key in enumerate(self.catalog.citation_order(card_id), start=1):
+            ref = self.references[key]
+            references.append({"number": number, "key": key, "text": bibliographic(ref),
+                               "url": ref.get("url"), "doi": ref.get("doi"), "pmid": ref.get("pmid"),
+                               "kind": ref.get("kind")})
+        body = self.number_citations(card_id, card.rationale, str(self.shared.get("expert_opinion_page", "")))
+        page = {
+            "id": card_id,
+            "title": str(meta.get("title", card_id)),
+            "version": card.version,
+            "content_hash": self.hashes[card_id],
+            "review_state": self.catalog.review_state(card),
+            "rationale": body,
+            "references": references,
+            "disclaimer": str(self.shared.get("disclaimer", "")),
+            "attributes": {"developer": str(meta.get("developer", "")),
+                           "funding_source": str(meta.get("funding_source", "")),
+                           "owner": str(meta.get("owner", "")),
+                           "release_date": str(meta.get("release_date", "")),
+                           "revision_date": str(meta.get("revision_date", ""))},
+        }
+        self._static[("rationale", card_id)] = page
+        return page
 
 
 def merge_facts(facts: list[Fact]) -> list[Fact]:
