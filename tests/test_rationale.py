@@ -45,7 +45,8 @@ def _app(tmp: Path, cards: Path = DEFAULT_CARDS_DIR, auth: str = "off") -> Flask
              if k.startswith("CDS_") and k != "CDS_TEST_DATABASE_URL"}
     try:
         # AUTH=off needs the development profile; AUTH=jwt runs as production (a real audit key).
-        profile = {"PROFILE": "development"} if auth == "off" else {"AUDIT_KEY": "7f3c9e2a4b8d1f60c5e9a7b3d2f4e8a1c6b0d9e3f7a2c4b8e1d5f9a3c7b2e6d0"}
+        audit_key = "7f3c9e2a4b8d1f60c5e9a7b3d2f4e8a1c6b0d9e3f7a2c4b8e1d5f9a3c7b2e6d0"
+        profile = {"PROFILE": "development"} if auth == "off" else {"AUDIT_KEY": audit_key}
         app = create_app({"AUTH": auth, "CONTENT_POLICY": "all", "CARDS_DIR": str(cards),
                           "PUBLIC_BASE_URL": BASE, "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3", **profile})
     finally:
