@@ -26,6 +26,7 @@ from cds_service.clinical.contract import (
     LabKey,
     LabView,
     PftKey,
+    ProductView,
     TemplateVariables,
 )
 from cds_service.clinical.factlines import antibody_fact, condition_facts, iso, lab_fact, possible_facts
@@ -34,6 +35,7 @@ from cds_service.clinical.orders import DraftOrder
 from cds_service.clinical.parameters import ClinicalParameters
 from cds_service.clinical.patient import LabValue, PatientFacts
 from cds_service.clinical.safety import ivig_safety
+from cds_service.clinical.safety_facts import product_texts
 from cds_service.terminology import Terminology
 
 C = ConditionKey
@@ -214,6 +216,17 @@ def _lab_view(lab: LabValue | None) -> LabView | None:
                    reference=lab.reference)
 
 
+def _product_view(orders: list[DraftOrder], t: Terminology, parameters: ClinicalParameters) -> ProductView | None:
+    """The ordered product, when its prescribing information is in the content (else generic wording)."""
+    ivig = t["medication-ivig"] if "medication-ivig" in t else None
+    product = parameters.product_for(product_texts(orders, ivig))
+    if product is None or not product.reference:
+        return None
+    return ProductView(key=product.key, name=product.name, reference=product.reference,
+                       iga_content=product.iga_content, stabiliser=product.stabiliser,
+                       sucrose_free=product.sucrose_free, infusion_rate=product.infusion_rate)
+
+
 def template_variables(facts: PatientFacts, orders: list[DraftOrder], t: Terminology,
                        parameters: ClinicalParameters) -> TemplateVariables:
     """The patient values card templates may use (the contract's ``TemplateVariables``)."""
@@ -248,4 +261,6 @@ def template_variables(facts: PatientFacts, orders: list[DraftOrder], t: Termino
         therapy=[th.name for th in facts.therapies if th.name],
         prior_ivig_courses=len(facts.ivig_courses),
         prior_ivig_last_date=iso(last_course),
+        age_years=facts.age_years,
+        product=_product_view(orders, t, parameters),
     )
