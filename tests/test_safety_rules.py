@@ -107,9 +107,9 @@ def allergy(aid: str, code: dict[str, Any], *, clinical: str | None = "active", 
     return resource
 
 
-# In the clinical scope: ILD and a positive anti-Jo-1 (ivig-safety applies to every IVIG order in scope).
-SCOPE = [cond("ild", concept("233703007")),
-         obs("jo1", concept("11565-9", LOINC), valueCodeableConcept=concept("10828004"))]
+# In the clinical scope by a positive anti-Jo-1 alone (no ILD or myositis): no other card fires, and
+# ivig-safety applies to every IVIG order in scope.
+SCOPE = [obs("jo1", concept("11565-9", LOINC), valueCodeableConcept=concept("10828004"))]
 
 
 def order(medication: dict[str, Any] | None = None) -> DraftOrder:
@@ -145,7 +145,8 @@ def findings(*resources: Any, **kwargs: Any) -> set[str]:
 def concise(detail: str) -> str:
     """The card's own detail (before the static rationale and the status lines), citations as keys
     (the current renderer expands them into links with the reference's short label)."""
-    return re.sub(r"\[([^\]]+)\]\(https://[^)]+\)", "[ref]", detail.split(RATIONALE)[0]).strip()
+    own = re.split(r"\*\*Pending clinical review|Review status:|Source attributes:", detail.split(RATIONALE)[0])[0]
+    return re.sub(r"\[([^\]]+)\]\(https://[^)]+\)", "[ref]", own).strip()
 
 
 # --- IgA -------------------------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ def decide(facts: PatientFacts, orders: list[DraftOrder], terminology: Terminolo
     decisions: list[Decision] = []
     if facts.adult and facts.indication != "other":
         decisions = [d for d in (rule(facts, terminology, parameters) for rule in RULES) if d is not None]
-    safety = ivig_safety(facts, terminology, parameters, failed_keys)
+    safety = ivig_safety(facts, terminology, parameters, failed_keys, alone=not decisions)
     if safety is not None:
         decisions.append(safety)
     return Evaluation(decisions, variables, notes)

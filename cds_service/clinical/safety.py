@@ -90,7 +90,9 @@ def _iga(facts: PatientFacts, t: Terminology, p: ClinicalParameters, findings: s
 
 
 def ivig_safety(facts: PatientFacts, t: Terminology, parameters: ClinicalParameters,
-                failed_keys: frozenset[str] = frozenset()) -> Decision | None:
+                failed_keys: frozenset[str] = frozenset(), alone: bool = True) -> Decision | None:
+    """``alone``: no other card fires; then data only this card reads that could not be retrieved
+    fires it, so that its data note is not lost (otherwise the note goes on the cards that fire)."""
     findings: set[Finding] = set()
     used: list[Fact] = []
     _iga(facts, t, parameters, findings, used)
@@ -120,7 +122,7 @@ def ivig_safety(facts: PatientFacts, t: Terminology, parameters: ClinicalParamet
     if facts.estrogen:
         findings.add(Finding.ESTROGEN)
         used += facts.estrogen[:1]
-    if failed_keys & SAFETY_ONLY_KEYS:
+    if alone and failed_keys & SAFETY_ONLY_KEYS:
         findings.add(Finding.SAFETY_DATA_UNAVAILABLE)  # its data note names what is missing
     if not findings - NOT_FIRING:
         return None

@@ -51,6 +51,10 @@ def split_front_matter(text: str, source: str = "") -> tuple[dict[str, Any], str
     return meta, match.group(2)
 
 
+#: Everything after this line of a card file is its static rationale page (issue 13), not its detail.
+RATIONALE_MARKER = "<!-- rationale -->"
+
+
 def normalise_body(body: str) -> str:
     lines = [line.rstrip() for line in body.replace("\r\n", "\n").split("\n")]
     return "\n".join(lines).strip() + "\n"
@@ -114,7 +118,7 @@ class Catalog:
             try:
                 card = CardContent(card_id, meta, normalise_body(body), path,
                                    catalog.text_env.from_string(str(meta.get("summary", ""))),
-                                   env.from_string(normalise_body(body)))
+                                   env.from_string(normalise_body(body.split(RATIONALE_MARKER)[0])))
             except TemplateError as exc:
                 raise ContentError(f"{path.name}: template error: {exc}") from None
             catalog.cards[card_id] = card
