@@ -4,11 +4,10 @@ and ``clinical.rules.decide``, and the card rendered by the engine's renderer (i
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-
-import re
 
 import pytest
 

@@ -218,7 +218,7 @@ def _lab_view(lab: LabValue | None) -> LabView | None:
 
 def _product_view(orders: list[DraftOrder], t: Terminology, parameters: ClinicalParameters) -> ProductView | None:
     """The ordered product, when its prescribing information is in the content (else generic wording)."""
-    ivig = t["medication-ivig"] if "medication-ivig" in t else None
+    ivig = t["medication-ivig"]
     product = parameters.product_for(product_texts(orders, ivig))
     if product is None or not product.reference:
         return None
