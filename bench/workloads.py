@@ -118,7 +118,7 @@ LAB_KINDS: tuple[LabKind, ...] = (
 # Problem-list entries unrelated to myositis, ILD, IVIG safety (no kidney, heart failure, VTE or IgA).
 CONDITION_KINDS: tuple[tuple[str, str], ...] = (
     ("I10", "Essential (primary) hypertension"),
-    ("E11.9", "Type 2 diabetes mellitus without complications"),
+    ("M81.0", "Age-related osteoporosis without current pathological fracture"),
     ("E78.5", "Hyperlipidemia, unspecified"),
     ("K21.9", "Gastro-esophageal reflux disease without esophagitis"),
     ("J30.9", "Allergic rhinitis, unspecified"),

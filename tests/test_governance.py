@@ -148,11 +148,11 @@ def _bad_version(cards: Path) -> None:
 
 
 def _broken_yaml(cards: Path) -> None:
-    edit(cards / "ivig-safety.md", "indicator: warning", "indicator: [warning")
+    edit(cards / "ivig-safety.md", "indicator: info", "indicator: [info")
 
 
 def _bad_indicator(cards: Path) -> None:
-    edit(cards / "ivig-safety.md", "indicator: warning", "indicator: urgent")
+    edit(cards / "ivig-safety.md", "indicator: info", "indicator: urgent")
 
 
 def _bad_approval_block(cards: Path) -> None:
@@ -315,10 +315,11 @@ def test_summary_overflow_found_only_with_fixture_facts_names_the_fixture(conten
 def test_warnings_do_not_fail_the_check(content: tuple[Path, Path]) -> None:
     cards, fixtures = content
     # A list item glued to the line before it (a `{%-` ate the line break).
-    edit(cards / "ivig-safety.md", "**Infusion rate", "- first item [huapaya-2019]\n{%- if true %}\n"
-         "- Second item\n{%- endif %}\n\n**Infusion rate")
+    edit(cards / "ivig-safety.md", "**Why you are seeing this**", "- first item [label-privigen]\n{%- if true %}\n"
+         "- Second item [label-privigen]\n{%- endif %}\n\n**Why you are seeing this**")
     # A finding key that no rule sets.
-    edit(cards / "ivig-safety.md", "{{ data_notes }}", "{% if 'rp-ildd' in findings %}x{% endif %}\n{{ data_notes }}")
+    edit(cards / "ivig-safety.md", "{{ data_notes }}",
+         "{% if 'rp-ildd' in findings %}- x [label-privigen]{% endif %}\n{{ data_notes }}")
     # A review that is overdue.
     set_key(cards / "ild-monitoring.md", "next_review_due", (TODAY - timedelta(days=1)).isoformat())
     problems = check(cards, fixtures)

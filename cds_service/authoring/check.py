@@ -30,7 +30,7 @@ from cds_service.authoring.front_matter import front_matter_problems
 from cds_service.authoring.problems import ERROR, INFO, WARNING, Problem, short_error, sorted_problems
 from cds_service.authoring.renderings import INLINE_LINK, check_pipeline, check_synthetic_renderings, finding_literals
 from cds_service.authoring.statements import statements
-from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES, CardId
+from cds_service.clinical.contract import FINDINGS, TEMPLATE_NAMES
 from cds_service.clinical.dates import parse_date
 from cds_service.engine.content import (
     CITATION,
@@ -55,7 +55,7 @@ LABEL_HOSTS = ("https://dailymed.nlm.nih.gov/", "https://nctr-crs.fda.gov/", "ht
                "https://www.accessdata.fda.gov/")
 #: Cards still in the format before issue 13, being rewritten on another branch: their problems of the
 #: issue-13 kinds are reported as warnings until the rewrite lands (then this set is emptied).
-TRANSITIONAL = frozenset({CardId.IVIG_SAFETY.value})
+TRANSITIONAL: frozenset[str] = frozenset()
 _ISSUE13_KINDS = frozenset({"statement", "rationale", "citation", "detail-length", "inline-link", "owner",
                             "origin-cited"})
 _JINJA_TAG = re.compile(r"\{%.*?%\}|\{#.*?#\}")

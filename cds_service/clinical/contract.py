@@ -54,6 +54,19 @@ class Finding(StrEnum):
     IGA_DEFICIENCY = "iga-deficiency"
     HEART_FAILURE = "heart-failure"
     PLASMA_EXCHANGE = "plasma-exchange"
+    ACUTE_VTE = "acute-vte"
+    ANTI_IGA_ANTIBODIES = "anti-iga-antibodies"
+    IG_HYPERSENSITIVITY = "ig-hypersensitivity"
+    #: IgA below the lab's range but at or above the selective-deficiency level: a fact, fires nothing alone.
+    IGA_BELOW_RANGE = "iga-below-range"
+    # predisposing factors the boxed warning names (info unless a warning finding is present)
+    ADVANCED_AGE = "advanced-age"
+    DIABETES = "diabetes"
+    ESTROGEN = "estrogen"
+    CENTRAL_VENOUS_CATHETER = "central-venous-catheter"
+    HYPERVISCOSITY = "hyperviscosity"
+    #: Data only ivig-safety reads (allergies, devices, plasma exchange) could not be retrieved.
+    SAFETY_DATA_UNAVAILABLE = "safety-data-unavailable"
 
 
 class Antibody(StrEnum):
@@ -91,6 +104,9 @@ class ConditionKey(StrEnum):
     HEART_FAILURE = "heart_failure"
     PREGNANCY = "pregnancy"
     IPF = "ipf"
+    DIABETES = "diabetes"
+    HYPERVISCOSITY = "hyperviscosity"
+    CENTRAL_VENOUS_CATHETER = "central_venous_catheter"
 
     @property
     def value_set(self) -> str:
@@ -144,6 +160,20 @@ class AntibodyView:
 
 
 @dataclass(frozen=True)
+class ProductView:
+    """What the ordered product's prescribing information says (``cards/clinical-parameters.yaml``
+    ``products``); None in a template when the product is not one of them."""
+
+    key: str
+    name: str
+    reference: str
+    iga_content: str | None = None
+    stabiliser: str | None = None
+    sucrose_free: bool = False
+    infusion_rate: str | None = None
+
+
+@dataclass(frozen=True)
 class TemplateVariables:
     """The patient values a card's summary, body and suggestions may use (set by the rules)."""
 
@@ -163,6 +193,10 @@ class TemplateVariables:
     #: IVIG courses (requests or administrations other than this order) in the last 12 months.
     prior_ivig_courses: int = 0
     prior_ivig_last_date: str | None = None
+    #: Age in whole years on the day of the call (None when the birth date is unknown).
+    age_years: int | None = None
+    #: The IVIG product ordered, when the content knows its prescribing information.
+    product: ProductView | None = None
 
 
 @dataclass(frozen=True)

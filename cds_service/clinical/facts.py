@@ -40,6 +40,7 @@ from cds_service.clinical.orders import bundled_medications, is_ivig, medication
 from cds_service.clinical.parameters import ClinicalParameters
 from cds_service.clinical.patient import POSITIVE_GRADES as POSITIVE_GRADES  # noqa: F401
 from cds_service.clinical.patient import AntibodyResult, LabValue, PatientFacts
+from cds_service.clinical.safety_facts import SafetyReader
 from cds_service.clinical.therapy import NotCounted, Therapy, TherapyReader, TherapySets, medication_date
 from cds_service.terminology import (
     Terminology,
@@ -85,6 +86,7 @@ class _Extractor:
         self.condition_codes: dict[str, Any] = {}  # Condition reference -> its code (reasons)
         self.pregnancy_status: tuple[date, bool, str] | None = None
         self.patient_seen = False
+        self.safety = SafetyReader(catalogue.safety, parameters, assertions, self.facts, catalogue.answers)
         self.therapy = TherapyReader(TherapySets(catalogue.first_line, catalogue.glucocorticoid,
                                                  catalogue.methylprednisolone, catalogue.intravenous),
                                      parameters, today, self.reason_in_scope)
@@ -250,6 +252,8 @@ class _Extractor:
                     when is None or self.facts.today - when > self.parameters.days("pregnancy_window_days")):
                 continue  # an old or undated pregnancy entry is not an active pregnancy
             self.facts.conditions.setdefault(name, []).append(fact)
+            if name == ConditionKey.VTE_HISTORY and assertion is Assertion.AFFIRMED:
+                self.safety.vte(fact, code, when, active)
 
     def reason_in_scope(self, resource: Mapping[str, Any]) -> bool | None:
         """Does a resource's reasonCode/reasonReference name the clinical scope?  True: at least one
@@ -433,16 +437,22 @@ class FactReader:
             try:
                 if rtype == "Observation":
                     extractor.observation(resource)
+                    extractor.safety.observation(resource)
                 elif rtype == "Condition":
                     extractor.condition(resource)
+                    extractor.safety.condition(resource)
                 elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder",
                                "MedicationAdministration"):
                     if reference_of(resource) not in excluded:
                         extractor.medication(resource)
+                        extractor.safety.medication(resource, extractor.medications)
                 elif rtype in ("ServiceRequest", "Procedure"):
                     extractor.service(resource)
+                    extractor.safety.procedure(resource)
                 elif rtype == "Patient":
                     extractor.patient(resource)
+                elif rtype in ("AllergyIntolerance", "Device"):
+                    (extractor.safety.allergy if rtype == "AllergyIntolerance" else extractor.safety.device)(resource)
             except Unreadable as problem:
                 extractor.note(problem.key, resource)
             except (TypeError, AttributeError, ValueError, KeyError):

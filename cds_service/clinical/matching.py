@@ -9,6 +9,7 @@ from typing import Any
 
 from cds_service.clinical.contract import Antibody, ConditionKey, LabKey, PftKey
 from cds_service.clinical.grading import ANSWER_CODES
+from cds_service.clinical.safety_facts import SafetySets
 from cds_service.terminology import (
     Terminology,
     ValueSet,
@@ -105,6 +106,7 @@ class Catalogue:
     pregnancy_status: ValueSet
     pft_any: Matcher
     pft_order: ValueSet
+    safety: SafetySets
 
 
 def compile_catalogue(terminology: Terminology) -> Catalogue:
@@ -124,6 +126,7 @@ def compile_catalogue(terminology: Terminology) -> Catalogue:
         pregnancy_status=terminology["observation-pregnancy-status"],
         pft_any=Matcher(terminology, {**PFT_PERCENT, "fvc": "lab-fvc", "dlco": "lab-dlco"}),
         pft_order=terminology["procedure-pft"],
+        safety=SafetySets.from_terminology(terminology),
     )
 
 

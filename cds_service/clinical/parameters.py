@@ -28,9 +28,14 @@ class Product:
     stabiliser: str | None
     reference: str | None
     pattern: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(r"(?!x)x"))
+    sucrose_free: bool = False
+    infusion_rate: str | None = None
+    #: Words that name a different product of the same family (e.g. "S/D", "ERC"): no match.
+    exclude: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(r"(?!x)x"))
 
     def matches(self, text: str) -> bool:
-        return bool(self.pattern.search(text.lower()))
+        lower = text.lower()
+        return bool(self.pattern.search(lower)) and not self.exclude.search(lower)
 
 
 _NON_NUMERIC = ("premedication_cues", "non_systemic_route_cues", "products", "sources", "premedication_pattern",
@@ -63,6 +68,7 @@ class ClinicalParameters:
     pulse_methylprednisolone_min_mg: float
     pregnancy_window_days: int
     iga_selective_deficiency_mg_dl: float
+    iga_deficiency_min_age_years: int
     dosing_weight_max_age_days: int
     pft_recent_days: int
     boxed_warning_age_years: int
@@ -134,7 +140,9 @@ class ClinicalParameters:
                                     str(entry["iga_content"]) if entry.get("iga_content") else None,
                                     str(entry["stabiliser"]) if entry.get("stabiliser") else None,
                                     str(entry["reference"]) if entry.get("reference") else None,
-                                    _cue_pattern(match)))
+                                    _cue_pattern(match), entry.get("sucrose_free") is True,
+                                    str(entry["infusion_rate"]) if entry.get("infusion_rate") else None,
+                                    _cue_pattern(tuple(str(x) for x in entry.get("exclude") or ()))))
         return cls(**values, premedication_cues=cues, non_systemic_route_cues=routes, products=tuple(products),
                    sources=sources, premedication_pattern=_cue_pattern(cues),
                    non_systemic_pattern=_cue_pattern(routes))

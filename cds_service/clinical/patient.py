@@ -75,6 +75,17 @@ class PatientFacts:
     #: "unspecified" (none named), "in-scope", or "other".
     indication: str = "unspecified"
     indication_facts: list[Fact] = field(default_factory=list)
+    # -- ivig-safety only (clinical/safety_facts.py) --
+    #: Hypersensitivity to immune globulin or blood products (AllergyIntolerance, Condition).
+    ig_hypersensitivity: list[Fact] = field(default_factory=list)
+    #: Anti-IgA antibodies: a positive result or a Condition that records them.
+    anti_iga: list[Fact] = field(default_factory=list)
+    #: Active venous thromboembolism with onset within the acute window (not a personal history).
+    acute_vte: list[Fact] = field(default_factory=list)
+    #: Current estrogen medication.
+    estrogen: list[Fact] = field(default_factory=list)
+    #: An indwelling central venous catheter (Device, Procedure in progress); Conditions are in ``conditions``.
+    catheters: list[Fact] = field(default_factory=list)
 
     # -- derived ------------------------------------------------------------------------
     def has(self, condition: str) -> bool:

@@ -26,6 +26,7 @@ from cds_service.clinical.contract import (
     LabKey,
     LabView,
     PftKey,
+    ProductView,
     TemplateVariables,
 )
 from cds_service.clinical.factlines import antibody_fact, condition_facts, iso, lab_fact, possible_facts
@@ -34,6 +35,7 @@ from cds_service.clinical.orders import DraftOrder
 from cds_service.clinical.parameters import ClinicalParameters
 from cds_service.clinical.patient import LabValue, PatientFacts
 from cds_service.clinical.safety import ivig_safety
+from cds_service.clinical.safety_facts import product_texts
 from cds_service.terminology import Terminology
 
 C = ConditionKey
@@ -201,7 +203,7 @@ def decide(facts: PatientFacts, orders: list[DraftOrder], terminology: Terminolo
     decisions: list[Decision] = []
     if facts.adult and facts.indication != "other":
         decisions = [d for d in (rule(facts, terminology, parameters) for rule in RULES) if d is not None]
-    safety = ivig_safety(facts, terminology, parameters, failed_keys)
+    safety = ivig_safety(facts, terminology, parameters, failed_keys, alone=not decisions)
     if safety is not None:
         decisions.append(safety)
     return Evaluation(decisions, variables, notes)
@@ -212,6 +214,17 @@ def _lab_view(lab: LabValue | None) -> LabView | None:
         return None
     return LabView(value=lab.value, unit=lab.unit, text=lab.text, date=iso(lab.date), flag=lab.flag,
                    reference=lab.reference)
+
+
+def _product_view(orders: list[DraftOrder], t: Terminology, parameters: ClinicalParameters) -> ProductView | None:
+    """The ordered product, when its prescribing information is in the content (else generic wording)."""
+    ivig = t["medication-ivig"]
+    product = parameters.product_for(product_texts(orders, ivig))
+    if product is None or not product.reference:
+        return None
+    return ProductView(key=product.key, name=product.name, reference=product.reference,
+                       iga_content=product.iga_content, stabiliser=product.stabiliser,
+                       sucrose_free=product.sucrose_free, infusion_rate=product.infusion_rate)
 
 
 def template_variables(facts: PatientFacts, orders: list[DraftOrder], t: Terminology,
@@ -248,4 +261,6 @@ def template_variables(facts: PatientFacts, orders: list[DraftOrder], t: Termino
         therapy=[th.name for th in facts.therapies if th.name],
         prior_ivig_courses=len(facts.ivig_courses),
         prior_ivig_last_date=iso(last_course),
+        age_years=facts.age_years,
+        product=_product_view(orders, t, parameters),
     )

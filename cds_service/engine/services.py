@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds_service.clinical.safety import ALLERGIES_KEY, DEVICES_KEY
 from cds_service.terminology import Terminology
 
 ANTIBODY_SETS = ("antibody-jo1", "antibody-pl7", "antibody-pl12", "antibody-ej", "antibody-oj",
@@ -75,6 +76,9 @@ def prefetch_templates(terminology: Terminology) -> dict[str, str]:
         "plasmaExchangeOrders": f"ServiceRequest?patient={patient}&status=active,draft,on-hold",
         "plasmaExchangeProcedures": f"Procedure?patient={patient}"
                                     f"&code={_codes(terminology, ('procedure-plasma-exchange',))}",
+        # ivig-safety: hypersensitivity to immune globulin or blood products; indwelling catheters.
+        ALLERGIES_KEY: f"AllergyIntolerance?patient={patient}",
+        DEVICES_KEY: f"Device?patient={patient}",
     }
     return templates
 

@@ -261,7 +261,8 @@ def search(resources: list[dict[str, Any]], query: str, base: str = "https://ehr
             continue
         pid = params.get("patient") or params.get("subject")
         if pid is not None:
-            ref = (r.get("subject") or {}).get("reference") if isinstance(r.get("subject"), dict) else None
+            owner = r.get("subject") or r.get("patient")  # AllergyIntolerance and Device name `patient`
+            ref = owner.get("reference") if isinstance(owner, dict) else None
             if ref not in (pid, f"Patient/{pid}"):
                 continue
         if "code" in params:
