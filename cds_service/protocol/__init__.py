@@ -171,6 +171,14 @@ def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
     return count
 
 
+def check_prefetch(prefetch: Mapping[str, Any] | None, limits: Limits) -> None:
+    """The prefetch count limit (``max_prefetch_resources``): ``BadRequest`` past it.  Called once the
+    call is known to need the prefetch, before it is read (the scope decision needs the context only)."""
+    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
+        raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
+                         code="too_many_prefetch_resources")
+
+
 def _check_counts(payload: dict[str, Any], limits: Limits) -> None:
     context = payload.get("context")
     if not isinstance(context, dict):
@@ -207,10 +215,9 @@ def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
         raise BadRequest(f"$.context.draftOrders has {len(entries)} entries; at most "
                          f"{limits.max_draft_orders} are accepted", code="too_many_draft_orders")
     draft_orders = [e["resource"] for e in entries]
+    # The prefetch is neither walked nor counted here: most calls are not about IVIG and are answered
+    # from the context alone; ``check_prefetch`` runs when the prefetch is read (engine.pipeline).
     prefetch = payload.get("prefetch")
-    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
-        raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
-                         code="too_many_prefetch_resources")
     # Only order-select has selections (its schema makes them a list of strings); whatever an
     # order-sign request carries there is ignored.
     selections = list(context.get("selections", [])) if hook == "order-select" else []
