@@ -100,3 +100,27 @@ def test_non_ascii_in_an_answer_is_written_as_utf8(client: FlaskClient) -> None:
     raw = response.get_data()
     assert "é".encode() in raw and b"\\u00e9" not in raw
     assert raw.endswith(b"}\n")
+
+
+@pytest.fixture
+def limited(make_app: Callable[..., Flask]) -> FlaskClient:
+    """A string limit large enough for the window pre-check (protocol._may_hold_long_string) to run."""
+    return make_app(CONTENT_POLICY="all", MAX_STRING_LENGTH=20_000).test_client()
+
+
+@pytest.mark.parametrize("note", ["x" * 20_001, 'x"' * 10_001, "\\" * 20_001, "é" * 20_001,
+                                  "x" * 9_999 + '"' + "x" * 10_001])
+def test_a_long_string_in_a_large_body_is_refused(limited: FlaskClient, note: str) -> None:
+    request = _request()
+    request["context"]["extension"] = {"pad": ["short"] * 20_000, "note": note}
+    response = _post(limited, json.dumps(request))
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "string_too_long"
+
+
+def test_a_large_body_of_short_strings_is_not_a_long_string(limited: FlaskClient) -> None:
+    request = _request()
+    request["context"]["extension"] = {"pad": ["short"] * 20_000, "note": "x" * 20_000,
+                                       "numbers": list(range(10_000))}
+    assert len(json.dumps(request)) > 200_000
+    assert _post(limited, json.dumps(request)).status_code == 200

@@ -90,6 +90,27 @@ def _depth_at_most(brackets: bytes, limit: int) -> bool | None:
     return True
 
 
+_BACKSLASH = ord("\\")
+
+
+def _may_hold_long_string(raw: bytes, limit: int) -> bool:
+    """False when ``raw`` certainly holds no string of more than ``limit`` characters; a few ``find``
+    calls per megabyte instead of a pass over every byte.
+
+    Such a string spans more than ``limit`` bytes, so it covers a whole window of ``limit // 2``
+    bytes starting at a multiple of ``limit // 2``; inside a string every quote byte follows a
+    backslash.  A window whose first quote follows no backslash is therefore not inside one.
+    """
+    half = limit // 2
+    if half < 4096:  # small limits: many windows; the regex pass is as cheap
+        return True
+    for start in range(0, len(raw) - half + 1, half):  # whole windows only
+        quote = raw.find(b'"', start, start + half)
+        if quote == -1 or (quote > 0 and raw[quote - 1] == _BACKSLASH):
+            return True
+    return False
+
+
 def _check_shape(raw: bytes, value: Any, limits: Limits) -> None:
     """Depth and string-length limits, in C-speed passes over the raw bytes (bytes methods, one
     regex); the decoded value is walked only when a fast pass finds a candidate long string.
@@ -99,7 +120,7 @@ def _check_shape(raw: bytes, value: Any, limits: Limits) -> None:
     Strings: a string of more than n characters is a run of more than n bytes without a quote once
     escaped quotes are neutralised (escapes and multi-byte UTF-8 only make the run longer).
     """
-    if len(raw) > limits.max_string_length:
+    if len(raw) > limits.max_string_length and _may_hold_long_string(raw, limits.max_string_length):
         # Escaped backslashes, then escaped quotes, become two plain bytes: quotes are then only
         # string delimiters, and a raw run is at least as long as the string it encodes.
         plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b'\\"' in raw else raw
