@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -91,6 +92,9 @@ class Measured:
     service_s: list[float] = field(default_factory=list)
     service_cpu_s: list[float] = field(default_factory=list)  # CPU time of the calling thread
     json_s: list[float] = field(default_factory=list)
+    # The floor (issue 16): orjson's decode, and decode + encode, of the same body, timed after each call.
+    orjson_decode_s: list[float] = field(default_factory=list)
+    orjson_round_trip_s: list[float] = field(default_factory=list)
     status: int = 0
     cards: list[str] = field(default_factory=list)
 
@@ -101,6 +105,16 @@ class Measured:
     @property
     def ratio(self) -> float:
         return median(self.service_s) / median(self.json_s)
+
+    @property
+    def decode_ratio(self) -> float:
+        """Median call / median orjson decode of the body."""
+        return median(self.service_s) / median(self.orjson_decode_s)
+
+    @property
+    def round_trip_ratio(self) -> float:
+        """Median call / median orjson decode + encode of the body."""
+        return median(self.service_s) / median(self.orjson_round_trip_s)
 
 
 def measure(client: FlaskClient, workload: Workload, *, repeats: int, warmup: int) -> Measured:
@@ -120,9 +134,16 @@ def measure(client: FlaskClient, workload: Workload, *, repeats: int, warmup: in
         cpu_used = time.thread_time() - cpu_started
         json.dumps(json.loads(body))
         ended = time.perf_counter()
+        decoded = orjson.loads(body)
+        orjson_decoded = time.perf_counter()
+        orjson.dumps(decoded)
+        orjson_ended = time.perf_counter()
+        del decoded
         result.service_s.append(middle - started)
         result.service_cpu_s.append(cpu_used)
         result.json_s.append(ended - middle)
+        result.orjson_decode_s.append(orjson_decoded - ended)
+        result.orjson_round_trip_s.append(orjson_ended - ended)
     return result
 
 

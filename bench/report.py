@@ -37,6 +37,10 @@ def _cards(measured: Measured) -> str:
             f"{measured.workload.expected_cards or 'none'}")
 
 
+def _floor(measured: Measured) -> str:
+    return f"{_ms(median(measured.orjson_decode_s))} / {_ms(median(measured.orjson_round_trip_s))}"
+
+
 def render(results: Results, out: Path) -> str:
     mode = results.mode
     m = results.machine
@@ -106,16 +110,19 @@ def render(results: Results, out: Path) -> str:
             "calling thread's CPU time for the same calls (what a call costs when wall time includes waiting "
             "for a core on a busy machine).")
         add("")
+        add("*orjson floor*: `orjson.loads(body)` and `orjson.dumps(orjson.loads(body))` of the same body, timed "
+            "after each call (issue 16); *vs floor* = median service time / median orjson decode+encode.")
+        add("")
         add("| scenario | prefetch (distinct / entries) | body | calls | service median | service p99 | CPU median "
-            "| JSON round trip median | p99 | ratio | cards returned |")
-        add("|---|---|---|---|---|---|---|---|---|---|---|")
+            "| JSON round trip median | p99 | ratio | orjson decode / decode+encode | vs floor | cards returned |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for measured in results.in_process:
             w = measured.workload
             add(f"| {w.name}: {w.description} | {w.prefetch_resources} / {w.prefetch_entries} "
                 f"| {w.body_kib:.0f} KiB | {len(measured.service_s)} | {_ms(median(measured.service_s))} "
                 f"| {_ms(p99(measured.service_s))} | {_ms(median(measured.service_cpu_s))} "
                 f"| {_ms(median(measured.json_s))} | {_ms(p99(measured.json_s))} | {measured.ratio:.1f}x "
-                f"| {_cards(measured)} |")
+                f"| {_floor(measured)} | {measured.round_trip_ratio:.1f}x | {_cards(measured)} |")
         add("")
         if results.healthz_s:
             add(f"For scale: the test client's own cost, `GET /healthz` (no body, no work), is "
@@ -266,6 +273,27 @@ def render(results: Results, out: Path) -> str:
         if fb.gather_log:
             add("")
             add(f"Last call's gather log line: `{fb.gather_log}`")
+        add("")
+
+    # -- body size -------------------------------------------------------------------------------
+    if results.body_sizes:
+        add("## Body size: fast path and IVIG call against the orjson floor")
+        add("")
+        add("The fast-path fixture (a non-IVIG order: answered from `context` alone) and the typical IVIG fixture, "
+            "each with 0, 2,000 and 20,000 routine Observations added to the prefetch, in process with "
+            "`MAX_BODY_BYTES` raised. *vs decode* = median service time / median `orjson.loads(body)`; "
+            "*vs decode+encode* = / median `orjson.dumps(orjson.loads(body))`.")
+        add("")
+        add("| workload | body | calls | service median | CPU median | orjson decode | orjson decode+encode "
+            "| vs decode | vs decode+encode | stdlib JSON round trip | cards |")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        for measured in results.body_sizes:
+            w = measured.workload
+            add(f"| {w.description} | {w.body_kib / 1024:.2f} MiB | {len(measured.service_s)} "
+                f"| {_ms(median(measured.service_s))} | {_ms(median(measured.service_cpu_s))} "
+                f"| {_ms(median(measured.orjson_decode_s))} | {_ms(median(measured.orjson_round_trip_s))} "
+                f"| {measured.decode_ratio:.2f}x | {measured.round_trip_ratio:.2f}x "
+                f"| {_ms(median(measured.json_s))} | {_cards(measured)} |")
         add("")
 
     # -- scaling ---------------------------------------------------------------------------------

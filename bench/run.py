@@ -57,6 +57,7 @@ class Mode:
     http_wrk_ivig_s: int  # with wrk: seconds of the IVIG-only run (0: no such run)
     http_wrk_warmup_s: int  # with wrk: seconds of the warm-up run before the first mix run
     profile_calls: dict[str, int]
+    body_sizes: dict[int, int] = field(default_factory=dict)  # extra Observations -> repeats (issue 16)
 
 
 MODES: dict[str, Mode] = {
@@ -66,21 +67,24 @@ MODES: dict[str, Mode] = {
                  http_mix_runs=3, http_mix_count=3000, http_ivig_count=2000, http_warmup=300,
                  http_wrk_mix_s=15, http_wrk_ivig_s=10, http_wrk_warmup_s=3,
                  profile_calls={"fast-path": 3000, "typical": 300, "large": 20, "http": 600, "fallback": 10,
-                                "scaling": 3}),
+                                "scaling": 3, "typical-floor": 300, "large-floor": 20, "body-fast": 3},
+                 body_sizes={0: 300, 2000: 20, 20000: 5}),
     "quick": Mode("quick", fast_repeats=500, typical_repeats=100, large_repeats=8, large_scale=1.0, warmup=5,
                   scaling={100: 20, 1000: 5, 5000: 3, 20000: 2}, scaling_reference=(1000, 20000),
                   fallback_delay_s=0.1, fallback_repeats=6,
                   http_mix_runs=1, http_mix_count=800, http_ivig_count=0, http_warmup=100,
                   http_wrk_mix_s=5, http_wrk_ivig_s=0, http_wrk_warmup_s=1,
                   profile_calls={"fast-path": 500, "typical": 50, "large": 4, "http": 100, "fallback": 3,
-                                 "scaling": 1}),
+                                 "scaling": 1, "typical-floor": 50, "large-floor": 4, "body-fast": 1},
+                  body_sizes={0: 50, 2000: 5, 20000: 2}),
     "tiny": Mode("tiny", fast_repeats=3, typical_repeats=3, large_repeats=2, large_scale=0.02, warmup=1,
                  scaling={30: 2, 60: 2}, scaling_reference=(30, 60),
                  fallback_delay_s=0.01, fallback_repeats=2,
                  http_mix_runs=1, http_mix_count=16, http_ivig_count=0, http_warmup=0,
                  http_wrk_mix_s=1, http_wrk_ivig_s=0, http_wrk_warmup_s=1,
                  profile_calls={"fast-path": 2, "typical": 2, "large": 1, "http": 2, "fallback": 1,
-                                "scaling": 1}),
+                                "scaling": 1, "typical-floor": 2, "large-floor": 1, "body-fast": 1},
+                 body_sizes={0: 2, 40: 2}),
 }
 
 
@@ -94,7 +98,11 @@ LARGE_MAX_RATIO = 3.0
 HTTP_MIN_CALLS_PER_S = 300.0
 HTTP_MAX_P99_S = 0.100
 FALLBACK_MAX_RATIO = 1.5
-SCALING_MAX_RATIO = 25.0
+SCALING_MAX_RATIO = 20.0  # issue 16 (was 25 in issue 8)
+# Issue 16: against orjson on the same body (the JSON floor).
+FAST_BODY_MAX_DECODE_RATIO = 1.5  # fast path, largest body of the series / orjson decode
+LARGE_MAX_FLOOR_RATIO = 3.0  # large / orjson decode + encode
+TYPICAL_MAX_FLOOR_RATIO = 10.0  # typical / orjson decode + encode
 
 
 @dataclass
@@ -115,6 +123,7 @@ class Results:
     scaling: list[inprocess.Measured] = field(default_factory=list)
     scaling_fit: tuple[float, float, float] | None = None  # slope s/resource, intercept s, r^2
     scaling_gc: list[tuple[int, inprocess.GcStats]] = field(default_factory=list)
+    body_sizes: list[inprocess.Measured] = field(default_factory=list)
     fallback: fallback.FallbackResult | None = None
     http_phases: list[httpload.LoadPhase] = field(default_factory=list)
     http_checks: list[tuple[str, int, list[str], list[str]]] = field(default_factory=list)
@@ -144,7 +153,7 @@ def log(message: str) -> None:
 # Scenarios
 # --------------------------------------------------------------------------------------------------
 
-SCENARIO_GROUPS = ("in-process", "scaling", "fallback", "http")
+SCENARIO_GROUPS = ("in-process", "body-size", "scaling", "fallback", "http")
 LOADGENS = ("auto", "wrk", "httpx")
 
 
@@ -214,7 +223,38 @@ class Runner:
         self._target("large", "large prefetch <= 3x the JSON round trip of its own body",
                      f"{large.ratio:.2f}x ({_ms(median(large.service_s))} vs {_ms(median(large.json_s))})",
                      large.ratio <= LARGE_MAX_RATIO, call(large_wl))
+        self._target("typical-floor", f"typical IVIG call <= {TYPICAL_MAX_FLOOR_RATIO:g}x orjson decode+encode of "
+                     "its body, in process", f"{typical.round_trip_ratio:.1f}x ({_ms(median(typical.service_s))} vs "
+                     f"{_ms(median(typical.orjson_round_trip_s))})",
+                     typical.round_trip_ratio <= TYPICAL_MAX_FLOOR_RATIO, call(typical_wl))
+        self._target("large-floor", f"large prefetch <= {LARGE_MAX_FLOOR_RATIO:g}x orjson decode+encode of its body, "
+                     "in process", f"{large.round_trip_ratio:.2f}x ({_ms(median(large.service_s))} vs "
+                     f"{_ms(median(large.orjson_round_trip_s))})",
+                     large.round_trip_ratio <= LARGE_MAX_FLOOR_RATIO, call(large_wl))
         self._app, self._fast_wl, self._typical_wl = app, fast_wl, typical_wl
+
+    # -- body size (issue 16) ---------------------------------------------------------------
+    def body_size(self) -> None:
+        """The fast path and the typical IVIG call with 0 / 2,000 / 20,000 extra Observations, against
+        orjson on the same body (MAX_BODY_BYTES raised, as for scaling)."""
+        app = inprocess.make_app({"MAX_BODY_BYTES": inprocess.SCALING_MAX_BODY_BYTES})
+        client = app.test_client()
+        biggest: dict[str, tuple[workloads.Workload, inprocess.Measured]] = {}
+        for kind in ("fast", "ivig"):
+            for extra, repeats in sorted(self.mode.body_sizes.items()):
+                workload = workloads.body_size(kind, extra)
+                log(f"body size: {workload.name} ({workload.body_kib / 1024:.1f} MiB), {repeats} calls")
+                measured = inprocess.measure(client, workload, repeats=repeats, warmup=min(2, repeats))
+                self.results.body_sizes.append(measured)
+                biggest[kind] = (workload, measured)
+                gc.collect()
+        if "fast" in biggest:
+            workload, measured = biggest["fast"]
+            self._target("body-fast", f"fast path, {workload.description.split(' + ')[-1]} <= "
+                         f"{FAST_BODY_MAX_DECODE_RATIO:g}x orjson decode of its body, in process",
+                         f"{measured.decode_ratio:.2f}x ({_ms(median(measured.service_s))} vs "
+                         f"{_ms(median(measured.orjson_decode_s))})",
+                         measured.decode_ratio <= FAST_BODY_MAX_DECODE_RATIO, _caller(client, workload))
 
     # -- scaling -----------------------------------------------------------------------------
     def scaling(self) -> None:
@@ -359,6 +399,8 @@ class Runner:
         with inprocess.quiet_logs():
             if "in-process" in self.groups:
                 self._watched("in process", self.in_process)
+            if "body-size" in self.groups:
+                self._watched("body size", self.body_size)
             if "scaling" in self.groups:
                 self._watched("scaling", self.scaling)
             if "fallback" in self.groups:

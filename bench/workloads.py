@@ -421,6 +421,19 @@ def scaling(size: int) -> Workload:
                          fixture, templates=uncapped_templates())
 
 
+def body_size(kind: str, extra: int) -> Workload:
+    """The body-size series (issue 16): the fast-path (``kind`` "fast") or the typical IVIG ("ivig")
+    fixture with ``extra`` routine Observations added to its record, the whole record prefetched."""
+    name = FAST_PATH_FIXTURE if kind == "fast" else TYPICAL_FIXTURE
+    fixture = load_fixture(name)
+    have = _counts(record_resources(fixture))
+    padded = padded_fixture(fixture, observations=have.get("Observation", 0) + extra,
+                            conditions=have.get("Condition", 0), medications=have.get("MedicationRequest", 0))
+    what = "non-IVIG order" if kind == "fast" else "IVIG order"
+    return make_workload(f"{kind}+{extra}", f"{what} (fixture {name}) + {extra:,} Observations", padded,
+                         templates=uncapped_templates())
+
+
 def fallback(fhir_server: str) -> Workload:
     """The typical patient with five keys left out of prefetch: the service fetches them."""
     keep = [k for k in default_services()[SERVICE_ID].prefetch if k not in FALLBACK_MISSING_KEYS]

@@ -22,7 +22,8 @@ from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("fast-path", "typical", "large", "scaling", "fallback", "http")
+SCENARIOS = ("fast-path", "typical", "large", "typical-floor", "large-floor", "body-fast", "scaling", "fallback",
+             "http")
 
 
 def test_tiny_benchmark_runs_every_scenario(tmp_path: Path) -> None:
@@ -36,7 +37,8 @@ def test_tiny_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     assert "Load generator: **httpx**" in text
     for heading in ("## Machine", "## Targets", "## In process", "## Over HTTP", "## FHIR fallback",
-                    "## Scaling with prefetch size", "## Where the time goes"):
+                    "## Scaling with prefetch size", "## Body size: fast path and IVIG call against the orjson floor",
+                    "## Where the time goes"):
         assert heading in text, heading
     # Every target has a row with a verdict; the tiny run answers every call correctly.
     target_rows = [line for line in text.splitlines() if line.startswith("| ") and

@@ -27,7 +27,7 @@ from cds_service.engine.services import ServiceDefinition
 from cds_service.engine.store import AuditRecord, patient_hmac
 from cds_service.engine.workflow import apply_workflow
 from cds_service.errors import PreconditionFailed
-from cds_service.protocol import HookRequest
+from cds_service.protocol import HookRequest, check_prefetch
 from cds_service.protocol.card import Card, sort_cards
 
 log = logging.getLogger("cds_service.engine.pipeline")
@@ -79,6 +79,7 @@ def run(runtime: Runtime, service: ServiceDefinition, request: HookRequest, *,
     if not orders:
         # Most orders are not IVIG: answer at once, read no prefetch, call no server.
         return finish(CallResult({"cards": []}, 200, audit))
+    check_prefetch(request.prefetch, runtime.limits)  # read from here on: its count limit applies now
     try:
         gathered = gather(request, service, runtime.settings, runtime.fhir)
     except PreconditionFailed as exc:

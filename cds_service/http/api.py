@@ -78,10 +78,8 @@ def call_service(service_id: str) -> Response:
     if service is None:
         raise NotFound(f"no CDS service with id {service_id[:100]!r}; see GET /cds-services")
     iss: str | None = None
-    try:
-        iss = authenticate()
-        hook_request = parse_request(read_json(), service.hook, rt.limits)
-    except (CdsError, HTTPException) as exc:
+
+    def audit_refused(exc: CdsError | HTTPException) -> None:
         # Refused calls are audited too (no patient: nothing was read).
         status = exc.status if isinstance(exc, CdsError) else (exc.code or 400)
         # Rate-limited per worker (AUDIT_4XX_PER_MINUTE): the rest are counted in one summary row.
@@ -89,10 +87,20 @@ def call_service(service_id: str) -> Response:
                                            status_code=status, client_iss=iss,
                                            latency_ms=(time.perf_counter() - started) * 1000),
                                rt.settings.AUDIT_4XX_PER_MINUTE)
+
+    try:
+        iss = authenticate()
+        hook_request = parse_request(read_json(), service.hook, rt.limits)
+    except (CdsError, HTTPException) as exc:
+        audit_refused(exc)
         raise
     mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
-    result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
-                          client_call=True)
+    try:
+        result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
+                              client_call=True)
+    except BadRequest as exc:  # the prefetch's count limit, checked once an IVIG order needs it
+        audit_refused(exc)
+        raise
     rt.store.audit(result.audit)
     log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
              result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",

@@ -9,7 +9,9 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
@@ -23,6 +25,29 @@ from cds_service.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("cds_service.http.app")
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Flask's JSON (``jsonify``, ``request.get_json``) with orjson: the same bytes as the default
+    provider configured here (UTF-8, no ASCII escaping, keys in insertion order, compact, one
+    trailing newline), several times faster for large bodies.  Dates and dataclasses go through
+    Flask's ``default`` as before; NaN / Infinity (never in an answer: issue 10) would be ``null``."""
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, default=self.default, option=_ORJSON_OPTIONS).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        body = orjson.dumps(obj, default=self.default, option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        return Response(body, mimetype=self.mimetype)  # the app's response_class (not customised here)
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The WSGI app.  Settings from ``CDS_*`` env vars, overridden by ``config`` (keys without
@@ -33,9 +58,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         raise SettingsError("; ".join(problems))
     configure_logging(settings.LOG_LEVEL)
     app = Flask(__name__, static_folder=None)  # static files belong to the web blueprints
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     runtime = Runtime.build(settings)
     context.install(app, runtime, build_verifier(settings, runtime.store))
 

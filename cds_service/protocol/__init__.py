@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+import orjson
 
 from cds_service.errors import BadRequest, UnsupportedMediaType
 from cds_service.protocol.card import INDICATOR_ORDER as INDICATOR_ORDER  # noqa: F401 (one definition, in card.py)
@@ -64,10 +64,11 @@ def check_content_type(content_type: str | None) -> None:
 
 
 # JSON strings (unrolled loop: fast in the C regex engine), and brackets once strings are gone.
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_INNERMOST = re.compile(r"\[\]|\{\}")
-# Every byte but the four brackets (UTF-8 continuation bytes are never ASCII, so this is exact).
+# On bytes: UTF-8 multi-byte sequences hold no ASCII byte, so a quote or bracket byte is that character.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+# Every byte but the four brackets.
 _ALL_BUT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -89,72 +90,79 @@ def _depth_at_most(brackets: bytes, limit: int) -> bool | None:
     return True
 
 
-def _check_shape(raw: bytes, text: str, value: Any, limits: Limits) -> None:
-    """Depth and string-length limits, in C-speed passes over the raw body.
+_BACKSLASH = ord("\\")
 
-    A walk over the decoded value costs as much as the decode itself for a large prefetch.
+
+def _may_hold_long_string(raw: bytes, limit: int) -> bool:
+    """False when ``raw`` certainly holds no string of more than ``limit`` characters; a few ``find``
+    calls per megabyte instead of a pass over every byte.
+
+    Such a string spans more than ``limit`` bytes, so it covers a whole window of ``limit // 2``
+    bytes starting at a multiple of ``limit // 2``; inside a string every quote byte follows a
+    backslash.  A window whose first quote follows no backslash is therefore not inside one.
+    """
+    half = limit // 2
+    if half < 4096:  # small limits: many windows; the regex pass is as cheap
+        return True
+    for start in range(0, len(raw) - half + 1, half):  # whole windows only
+        quote = raw.find(b'"', start, start + half)
+        if quote == -1 or (quote > 0 and raw[quote - 1] == _BACKSLASH):
+            return True
+    return False
+
+
+def _check_shape(raw: bytes, value: Any, limits: Limits) -> None:
+    """Depth and string-length limits, in C-speed passes over the raw bytes (bytes methods, one
+    regex); the decoded value is walked only when a fast pass finds a candidate long string.
+
     Depth: the bracket bytes alone, paired off level by level (brackets inside strings can only
     make this undecided, and then strings are removed and the exact count is taken).
+    Strings: a string of more than n characters is a run of more than n bytes without a quote once
+    escaped quotes are neutralised (escapes and multi-byte UTF-8 only make the run longer).
     """
-    if len(raw) > limits.max_string_length:
-        # Escaped backslashes, then escaped quotes, become two plain characters: quotes are then
-        # only string delimiters, and a raw run is at least as long as the string it encodes.
-        plain = text.replace("\\\\", "__").replace('\\"', "__") if '\\"' in text else text
-        long_string = re.compile('"[^"]{' + str(limits.max_string_length + 1) + "}")
-        # A raw run can also lie between two strings, or overstate \\uXXXX escapes: the decoded
+    if len(raw) > limits.max_string_length and _may_hold_long_string(raw, limits.max_string_length):
+        # Escaped backslashes, then escaped quotes, become two plain bytes: quotes are then only
+        # string delimiters, and a raw run is at least as long as the string it encodes.
+        plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b'\\"' in raw else raw
+        long_string = re.compile(b'"[^"]{' + str(limits.max_string_length + 1).encode() + b"}")
+        # A raw run can also lie between two strings, or overstate \uXXXX escapes: the decoded
         # value decides (reached only when the fast pass finds a candidate).
         if long_string.search(plain) and _longest_string(value) > limits.max_string_length:
             raise BadRequest(f"a JSON string is longer than {limits.max_string_length} characters",
                              code="string_too_long")
     if _depth_at_most(raw.translate(None, _ALL_BUT_BRACKETS), limits.max_depth):
         return
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw))
     for _ in range(limits.max_depth):
         if not brackets:
             return
-        brackets = _INNERMOST.sub("", brackets)
+        brackets = _INNERMOST.sub(b"", brackets)
     if brackets:
         raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep")
 
 
 def parse_json(body: bytes, limits: Limits) -> Any:
+    """Decode a request body (orjson, from the bytes) within ``limits``; ``BadRequest`` (400) otherwise.
+
+    The decoder refuses what is not RFC 8259 JSON in UTF-8: invalid UTF-8 (CESU-8 surrogates
+    included), lone UTF-16 surrogate escapes, NaN / Infinity, numbers that overflow a double
+    (``1e999``, a 400-digit integer) -- ``invalid_json`` -- and nesting past 1,024 levels
+    (``too_deep``).  An integer past 64 bits that fits a double is read as a float.
+    Duplicate keys in an object: the last one wins (as in the standard library), silently.
+    Depth (``max_depth``) and string length (``max_string_length``) are then checked on the raw
+    bytes at C speed (``_check_shape``); counts, on the parts of the request that are read.
+    """
     if not body:
         raise BadRequest("request body is empty; a JSON object is required", code="invalid_json")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code="invalid_json") from None
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                         code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
-    except ValueError:  # e.g. an integer literal with more digits than Python converts
-        raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json") from None
-    _check_shape(body, text, value, limits)
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        # json.loads turns a lone "\\ud800" escape into a str that cannot be encoded as UTF-8
-        # (database, response, logs): refuse it here rather than fail deep inside.
-        raise BadRequest("a JSON string holds an unpaired UTF-16 surrogate escape", code="invalid_json")
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        if message.startswith(("depth limit exceeded", "recursion limit")):
+            raise BadRequest(f"JSON nested deeper than {limits.max_depth} levels", code="too_deep") from None
+        raise BadRequest(f"invalid JSON: {message[:200]}", code="invalid_json") from None
+    _check_shape(body, value, limits)
     return value
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _refuse_constant(name: str) -> Any:
-    """NaN / Infinity / -Infinity are not JSON (RFC 8259), though Python's parser takes them."""
-    raise BadRequest(f"invalid JSON: {name} is not a JSON number", code="invalid_json")
-
-
-def _finite_float(literal: str) -> float:
-    number = float(literal)
-    if not math.isfinite(number):  # 1e999 overflows to inf
-        raise BadRequest("invalid JSON: a number is too large to read", code="invalid_json")
-    return number
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -175,10 +183,6 @@ def _longest_string(value: Any) -> int:
     return max((len(s) for s in _strings(value)), default=0)
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    return any(_SURROGATE.search(s) for s in _strings(value))
-
-
 def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
     count = 0
     for value in prefetch.values():
@@ -186,6 +190,14 @@ def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
             entries = value.get("entry")
             count += len(entries) if isinstance(entries, list) else 1
     return count
+
+
+def check_prefetch(prefetch: Mapping[str, Any] | None, limits: Limits) -> None:
+    """The prefetch count limit (``max_prefetch_resources``): ``BadRequest`` past it.  Called once the
+    call is known to need the prefetch, before it is read (the scope decision needs the context only)."""
+    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
+        raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
+                         code="too_many_prefetch_resources")
 
 
 def _check_counts(payload: dict[str, Any], limits: Limits) -> None:
@@ -224,10 +236,9 @@ def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
         raise BadRequest(f"$.context.draftOrders has {len(entries)} entries; at most "
                          f"{limits.max_draft_orders} are accepted", code="too_many_draft_orders")
     draft_orders = [e["resource"] for e in entries]
+    # The prefetch is neither walked nor counted here: most calls are not about IVIG and are answered
+    # from the context alone; ``check_prefetch`` runs when the prefetch is read (engine.pipeline).
     prefetch = payload.get("prefetch")
-    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
-        raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
-                         code="too_many_prefetch_resources")
     # Only order-select has selections (its schema makes them a list of strings); whatever an
     # order-sign request carries there is ignored.
     selections = list(context.get("selections", [])) if hook == "order-select" else []
