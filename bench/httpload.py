@@ -108,7 +108,9 @@ def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
         "CDS_AUTH": "off",
         "CDS_PROFILE": "development",
         "CDS_CONTENT_POLICY": "all",
-        "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+        # The store the README recommends for production (PostgreSQL) when BENCH_DATABASE_URL names one;
+        # SQLite otherwise (one writer at a time: the issued-card records of issue 14 serialise on it).
+        "CDS_DATABASE_URL": os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'bench.sqlite3'}",
         "GUNICORN_ACCESSLOG": "",
         **(extra_env or {}),
     })
