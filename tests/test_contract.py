@@ -53,3 +53,9 @@ def test_template_names_are_the_fields_of_the_typed_structures() -> None:
 
 def test_findings_name_is_a_render_variable() -> None:
     assert contract.FINDINGS_NAME in {f.name for f in fields(RenderVariables)}
+
+
+def test_no_module_of_the_service_is_over_500_lines() -> None:
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert not long, f"split these modules by job (issue 11): {long}"
