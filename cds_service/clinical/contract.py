@@ -113,6 +113,11 @@ class ConditionKey(StrEnum):
         return "condition-" + self.value.replace("_", "-")
 
 
+#: What an indication (of the IVIG order, of a glucocorticoid) must name to be in the clinical scope,
+#: and the diagnoses whose "possible" entries the treatment cards list.
+SCOPE_CONDITIONS = (ConditionKey.ASYS, ConditionKey.ILD, ConditionKey.RP_ILD, ConditionKey.MYOSITIS)
+
+
 class LabKey(StrEnum):
     """Safety labs and body weight (value set ``lab-<name>``)."""
 

@@ -12,7 +12,7 @@ from datetime import date
 from typing import Any
 
 from cds_service.clinical.assertion import AffirmingReader, Assertion, AssertionReader
-from cds_service.clinical.contract import SYNTHETASE_ANTIBODIES, ConditionKey, LabKey, PftKey
+from cds_service.clinical.contract import SCOPE_CONDITIONS, SYNTHETASE_ANTIBODIES, ConditionKey, LabKey, PftKey
 from cds_service.clinical.dates import parse_date
 from cds_service.clinical.grading import (
     Unreadable,
@@ -58,8 +58,6 @@ THERAPY_REQUEST_STATUSES = {"active", "completed", "on-hold"}
 THERAPY_STATEMENT_STATUSES = {"active", "completed", "intended"}
 IVIG_COURSE_REQUEST_STATUSES = {"active", "completed"}
 IVIG_COURSE_ADMINISTRATION_STATUSES = {"completed", "in-progress"}
-# The clinical scope of an indication: what the IVIG order or a glucocorticoid may be for.
-SCOPE_CONDITIONS = (ConditionKey.ILD, ConditionKey.RP_ILD, ConditionKey.MYOSITIS, ConditionKey.ASYS)
 # Conditions whose history counts whatever their clinical status.
 HISTORY_CONDITIONS = (ConditionKey.VTE_HISTORY,)
 
@@ -308,9 +306,9 @@ class _Extractor:
             else IVIG_COURSE_REQUEST_STATUSES
         if status not in allowed or med.get("intent") in ("proposal", "plan"):
             return
-        if not is_ivig(dict(med), self.cat.terminology, self.medications):
+        if not is_ivig(med, self.cat.terminology, self.medications):
             return
-        when = medication_date(med) or parse_date(med.get("effectiveDateTime"))
+        when = medication_date(med)
         if when is None or self.facts.today - when > self.parameters.days("prior_ivig_window_days"):
             return
         self.facts.ivig_courses.append((when, reference_of(med)))

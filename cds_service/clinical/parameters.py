@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+from cds_service.terminology import concept_texts
+
 
 class ParameterError(ValueError):
     """The parameter file is incomplete or malformed."""
@@ -40,16 +42,6 @@ class Product:
 
 _NON_NUMERIC = ("premedication_cues", "non_systemic_route_cues", "products", "sources", "premedication_pattern",
                 "non_systemic_pattern")
-
-
-def _concept_strings(concept: Any) -> list[str]:
-    if not isinstance(concept, Mapping):
-        return []
-    found = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    for coding in concept.get("coding") or []:
-        if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
-            found.append(coding["display"])
-    return found
 
 
 def _cue_pattern(cues: tuple[str, ...]) -> re.Pattern[str]:
@@ -95,7 +87,7 @@ class ClinicalParameters:
 
     def is_systemic_route(self, route: Any) -> bool:
         """A route is systemic unless its text or display names a local route (topical, inhaled …)."""
-        texts = _concept_strings(route)
+        texts = list(concept_texts(route))
         return bool(texts) and not any(self.non_systemic_pattern.search(t.lower()) for t in texts)
 
     def product_for(self, texts: list[str]) -> Product | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cds_service.clinical.contract import (
+    SCOPE_CONDITIONS,
     SYNTHETASE_ANTIBODIES,
     Antibody,
     AntibodyView,
@@ -39,7 +40,6 @@ from cds_service.clinical.safety_facts import product_texts
 from cds_service.terminology import Terminology
 
 C = ConditionKey
-SCOPE_CONDITIONS = (C.ASYS, C.ILD, C.RP_ILD, C.MYOSITIS)
 
 
 def in_clinical_scope(facts: PatientFacts) -> bool:

@@ -52,13 +52,16 @@ def _silence_libraries() -> None:
         pass
 
 
-def load_cues(path: Path) -> list[dict[str, Any]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    cues = (data or {}).get("cues") or []
+def _cues_of(data: Any, source: str) -> list[dict[str, Any]]:
+    cues = (data or {}).get("cues") or [] if isinstance(data, dict) or data is None else None
     if not isinstance(cues, list) or not all(isinstance(c, dict) and c.get("literal") and c.get("category")
                                               for c in cues):
-        raise AssertionCueError(f"{path.name}: `cues` must be a list of {{literal, category, direction}}")
+        raise AssertionCueError(f"{source}: `cues` must be a list of {{literal, category, direction}}")
     return cues
+
+
+def load_cues(path: Path) -> list[dict[str, Any]]:
+    return _cues_of(yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}, path.name)
 
 
 def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -153,12 +156,13 @@ class ContextReader:
 
 @functools.lru_cache(maxsize=4)
 def _reader_for(cues_text: str) -> ContextReader:
-    return ContextReader(yaml.safe_load(cues_text).get("cues") or [] if cues_text else [])
+    return ContextReader(_cues_of(yaml.safe_load(cues_text) if cues_text else {}, "cues"))
 
 
 def assertion_reader(path: Path) -> ContextReader:
     """The reader for a cue file.  One per distinct cue list in the process: the NLP pipeline costs
     about a second and ~100 MB to build and is immutable, so app instances (tests, the review
-    packet, workers' re-creations) share it.  The file is validated like ``load_cues``."""
-    load_cues(path)
-    return _reader_for(path.read_text(encoding="utf-8") if path.exists() else "")
+    packet, workers' re-creations) share it.  The file is read once and validated like ``load_cues``."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    _cues_of(yaml.safe_load(text) if text else {}, path.name)
+    return _reader_for(text)
