@@ -26,7 +26,7 @@ from cds_service.authoring.report import report_rows
 from cds_service.cli import main
 from cds_service.devtools.fixtures import build_request, load_fixture
 from cds_service.engine.services import default_services
-from cds_service.engine.store import feedback_table
+from cds_service.engine.store import IssuedCard, Store, card_decisions_table, feedback_table
 from cds_service.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +140,7 @@ def test_the_memory_ends_after_decision_memory_hours(workflow_app: Callable[...,
     store = app.extensions["cds_runtime"].store
     with store.engine.begin() as conn:
         conn.execute(update(feedback_table).values(received_at=datetime.now(UTC) - timedelta(hours=25)))
+        conn.execute(update(card_decisions_table).values(decided_at=datetime.now(UTC) - timedelta(hours=25)))
     assert OVERRIDDEN in _ids(client.post(SIGN, json=_request("order-sign")))
 
 
@@ -319,3 +320,49 @@ def test_each_log_line_is_printed_once(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=10)
     lines = [line for line in stderr.splitlines() if "hook call service=ivig-order-select" in line]
     assert len(lines) == 1, stderr
+
+
+def _issued_card(uuid: str, client: str = "", card_id: str = "ivig-not-first-line") -> IssuedCard:
+    return IssuedCard(card_uuid=uuid, issued_at=datetime.now(UTC), service_id="ivig-order-sign", client_iss=client,
+                      patient_hmac="p" * 64, order_hmac="o" * 64, card_id=card_id, version="1",
+                      content_hash="h" * 64, facts_fingerprint="f" * 64)
+
+
+def test_decisions_made_before_the_decision_table_existed_are_kept(tmp_path: Path) -> None:
+    """An upgraded store: feedback and issued cards written by a version without ``card_decision``
+    are read into it when it is created, so no decision is forgotten."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    old = Store(url)
+    old.create_schema()
+    old.record_issued([_issued_card("card-1"), _issued_card("card-2", client="https://other.example.org")])
+    old.add_feedback("ivig-order-sign", [{"card": "card-1", "outcome": "overridden",
+                                          "outcomeTimestamp": "2026-11-22T10:00:00Z"},
+                                         {"card": "card-2", "outcome": "accepted",
+                                          "outcomeTimestamp": "2026-11-22T10:00:00Z"}], None)
+    with old.engine.begin() as conn:
+        card_decisions_table.drop(conn)
+    old.close()
+    upgraded = Store(url)
+    upgraded.create_schema()
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert upgraded.decided_cards("", "p" * 64, "o" * 64, since) == {("ivig-not-first-line", "h" * 64, "f" * 64)}
+    # card-2's feedback came from another client than the one it was issued to: not a decision
+    assert upgraded.decided_cards("https://other.example.org", "p" * 64, "o" * 64, since) == set()
+    upgraded.close()
+
+
+def test_remember_withholds_decided_cards_and_records_the_rest(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'memory.sqlite3'}")
+    store.create_schema()
+    store.record_issued([_issued_card("first")])
+    store.add_feedback("ivig-order-sign", [{"card": "first", "outcome": "accepted",
+                                            "outcomeTimestamp": "2026-11-22T10:00:00Z"}], None)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    again, other = _issued_card("again"), _issued_card("other", card_id="ild-monitoring")
+    withheld = store.remember("", "p" * 64, "o" * 64, since, [again, other])
+    assert [c.card_uuid for c in withheld] == ["again"]
+    assert store.issued_card("other") is not None and store.issued_card("again") is None
+    # many issued cards for the same patient do not change the answer
+    store.record_issued([_issued_card(f"n{i}") for i in range(500)])
+    assert [c.card_uuid for c in store.remember("", "p" * 64, "o" * 64, since, [_issued_card("x")])] == ["x"]
+    store.close()

@@ -8,7 +8,6 @@ out, and the loss is counted and reported on ``/readyz``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -26,7 +25,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
+    inspect,
     select,
     text,
     update,
@@ -35,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from cds_service.engine import store_memory as memory
 from cds_service.engine.store_schema import (  # noqa: F401 (re-exported: the store's public names)
     FEEDBACK_COMMENT_MAX,
     FEEDBACK_SUGGESTIONS_MAX,
@@ -48,6 +48,7 @@ from cds_service.engine.store_schema import (  # noqa: F401 (re-exported: the st
     _limit,
     audit_cards_table,
     audit_table,
+    card_decisions_table,
     feedback_field_problem,
     feedback_table,
     issued_cards_table,
@@ -90,7 +91,13 @@ class Store:
 
     # -- schema -------------------------------------------------------------------------
     def create_schema(self) -> None:
+        # card_decision (decision memory's read side) came after issued_card and feedback: filled once
+        # from them when it is first created, so an upgrade keeps the decisions already made.
+        fresh = not inspect(self.engine).has_table(card_decisions_table.name)
         metadata.create_all(self.engine)
+        if fresh:
+            with self.engine.begin() as conn:
+                memory.backfill(conn)
         self._schema_ready = True
 
     def ping(self) -> str | None:
@@ -129,6 +136,7 @@ class Store:
                 try:
                     with conn.begin_nested():
                         conn.execute(insert(feedback_table), row)
+                        memory.record_decision(conn, item["card"], client_iss, item["outcome"], now)
                     added += 1
                 except IntegrityError:
                     continue  # a concurrent duplicate: stored once
@@ -220,13 +228,27 @@ class Store:
     def record_issued(self, cards: Iterable[IssuedCard]) -> None:
         """Record cards about to leave in a response; synchronous, so that feedback for them (and the
         next call's decision memory, at any replica) finds them.  Raises ``SQLAlchemyError``."""
-        rows = [dataclasses.asdict(card) for card in cards]
-        if not rows:
+        cards = list(cards)
+        if not cards:
             return
         if not self._schema_ready:
             self.create_schema()
         with self.engine.begin() as conn:
-            conn.execute(insert(issued_cards_table), rows)
+            memory.record_issued(conn, cards)
+
+    def remember(self, client_iss: str, patient_key: str, order_key: str, since: datetime,
+                 cards: list[IssuedCard]) -> list[IssuedCard]:
+        """Decision memory in one transaction: of ``cards`` (about to leave), those the same client
+        accepted or overrode for this patient and draft order since ``since`` (same card id, content
+        hash and facts fingerprint) are returned; the others are recorded as issued.  Raises
+        ``SQLAlchemyError`` (nothing recorded)."""
+        if not self._schema_ready:
+            self.create_schema()
+        with self.engine.begin() as conn:
+            decided = memory.decided(conn, client_iss, patient_key, order_key, since)
+            withheld = [c for c in cards if (c.card_id, c.content_hash, c.facts_fingerprint) in decided]
+            memory.record_issued(conn, [c for c in cards if c not in withheld])
+        return withheld
 
     def issued_card(self, card_uuid: str) -> IssuedCard | None:
         """The card issued under ``card_uuid`` (client ``iss``, issued_at, card id, hash, ...), or None."""
@@ -244,16 +266,10 @@ class Store:
                       since: datetime) -> set[tuple[str, str, str]]:
         """(card id, content hash, facts fingerprint) of the cards issued to this client for this
         patient and draft order that the same client accepted or overrode since ``since``."""
-        issued, fb = issued_cards_table, feedback_table
-        query = (select(issued.c.card_id, issued.c.content_hash, issued.c.facts_fingerprint)
-                 .join(fb, fb.c.card_uuid == issued.c.card_uuid)
-                 .where(issued.c.client_iss == client_iss, issued.c.patient_hmac == patient_key,
-                        issued.c.order_hmac == order_key, fb.c.outcome.in_(("accepted", "overridden")),
-                        func.coalesce(fb.c.client_iss, literal("")) == issued.c.client_iss,
-                        fb.c.received_at >= since)
-                 .distinct())
+        if not self._schema_ready:
+            self.create_schema()
         with self.engine.connect() as conn:
-            return {(r[0], r[1], r[2]) for r in conn.execute(query)}
+            return memory.decided(conn, client_iss, patient_key, order_key, since)
 
     # -- report -------------------------------------------------------------------------
     def report(self, since: datetime) -> list[dict[str, Any]]:

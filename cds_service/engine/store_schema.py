@@ -98,6 +98,26 @@ issued_cards_table = Table(
 )
 
 
+# -- decisions (decision memory's read side) ----------------------------------------------------------
+# One row per accept/override of an issued card, written with the feedback that carries it (rare), so the
+# per-call lookup is one index probe on a small table that is empty for most patients, instead of a join
+# over every card ever issued for the patient (which grows with each call of an eagerly firing client).
+DECIDED_OUTCOMES = ("accepted", "overridden")
+card_decisions_table = Table(
+    "card_decision", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("card_uuid", String(100), nullable=False),
+    Column("client_iss", String(300), nullable=False),
+    Column("patient_hmac", String(64), nullable=False),
+    Column("order_hmac", String(64), nullable=False),
+    Column("card_id", String(100), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("facts_fingerprint", String(64), nullable=False),
+    Index("ix_card_decision_memory", "client_iss", "patient_hmac", "order_hmac", "decided_at"),
+)
+
+
 @dataclass(frozen=True)
 class IssuedCard:
     """A card this service issued to a client (``Store.issued_card(uuid)`` returns one)."""

@@ -123,27 +123,25 @@ def _remember(runtime: Runtime, result: CallResult, cards: list[Card], entries: 
     decisions: dict[str, Decision] = ({str(d.card_id): d for d in result.evaluation.decisions}
                                       if result.evaluation else {})
     fingerprints = {c.uuid: facts_fingerprint(decisions.get(c.card_id)) for c in cards}
-    decided: set[tuple[str, str, str]] = set()
-    if order and patient and settings.DECISION_MEMORY_HOURS > 0:
-        since = datetime.now(UTC) - timedelta(hours=settings.DECISION_MEMORY_HOURS)
-        try:
-            decided = store.decided_cards(client, patient, order, since)
-        except Exception as exc:  # the store is down: show the cards again rather than fail the call
-            log.warning("decision memory not read (%s): cards shown", type(exc).__name__)
-    shown: list[Card] = []
-    for card in cards:
-        if (card.card_id, card.identity.content_hash, fingerprints[card.uuid]) in decided:
-            result.withheld.append(Withheld(card.card_id, REMEMBERED))
-            entries.append(_entry(runtime, card.card_id, REMEMBERED, card))
-        else:
-            shown.append(card)
     now = datetime.now(UTC)
     issued = [IssuedCard(card_uuid=c.uuid, issued_at=now, service_id=result.audit.service_id, client_iss=client,
                          patient_hmac=patient, order_hmac=order or "", card_id=c.card_id,
                          version=c.identity.version, content_hash=c.identity.content_hash,
-                         facts_fingerprint=fingerprints[c.uuid]) for c in shown]
+                         facts_fingerprint=fingerprints[c.uuid]) for c in cards]
+    remembered: set[str] = set()
     try:
-        store.record_issued(issued)
-    except Exception as exc:  # the response still goes out; its feedback will find no issued card
-        log.warning("issued cards not recorded (%s); decision memory will not know them", type(exc).__name__)
+        if order and patient and settings.DECISION_MEMORY_HOURS > 0:
+            since = now - timedelta(hours=settings.DECISION_MEMORY_HOURS)
+            remembered = {c.card_uuid for c in store.remember(client, patient, order, since, issued)}
+        else:
+            store.record_issued(issued)
+    except Exception as exc:  # the store is down: show the cards rather than fail the call
+        log.warning("decision memory not available (%s): cards shown, not recorded", type(exc).__name__)
+    shown: list[Card] = []
+    for card in cards:
+        if card.uuid in remembered:
+            result.withheld.append(Withheld(card.card_id, REMEMBERED))
+            entries.append(_entry(runtime, card.card_id, REMEMBERED, card))
+        else:
+            shown.append(card)
     return shown

@@ -1,0 +1,76 @@
+"""Decision memory's SQL, built once: the statements run on every hook call that shows cards are
+constructed at import, so a call pays only for executing them (SQLAlchemy's compiled cache does the
+rest), never for building expressions.
+
+- ``issued``: the cards that leave, one multi-row INSERT per call;
+- ``decided``: (card id, content hash, facts fingerprint) the client accepted or overrode for a patient
+  and draft order, from ``card_decision`` (an index probe; no join with every card ever issued);
+- ``record_decision``: written with the feedback that accepts or overrides an issued card — the
+  issued card's keys copied by an INSERT … SELECT, so only a card this client was issued counts;
+- ``backfill``: once, when ``card_decision`` is first created on a store that already holds feedback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, func, insert, literal, select
+
+from cds_service.engine.store_schema import (
+    DECIDED_OUTCOMES,
+    IssuedCard,
+    card_decisions_table,
+    feedback_table,
+    issued_cards_table,
+)
+
+_issued, _decisions, _feedback = issued_cards_table, card_decisions_table, feedback_table
+_ISSUED_COLUMNS = [c.name for c in _issued.columns]
+_DECISION_COLUMNS = ["decided_at", "card_uuid", "client_iss", "patient_hmac", "order_hmac", "card_id",
+                     "content_hash", "facts_fingerprint"]
+
+_INSERT_ISSUED = insert(_issued)
+_DECIDED = (select(_decisions.c.card_id, _decisions.c.content_hash, _decisions.c.facts_fingerprint)
+            .where(_decisions.c.client_iss == bindparam("client_iss"),
+                   _decisions.c.patient_hmac == bindparam("patient_hmac"),
+                   _decisions.c.order_hmac == bindparam("order_hmac"),
+                   _decisions.c.decided_at >= bindparam("since"))
+            .distinct())
+_RECORD_DECISION = insert(_decisions).from_select(
+    _DECISION_COLUMNS,
+    select(bindparam("decided_at", type_=_decisions.c.decided_at.type), _issued.c.card_uuid, _issued.c.client_iss,
+           _issued.c.patient_hmac, _issued.c.order_hmac, _issued.c.card_id, _issued.c.content_hash,
+           _issued.c.facts_fingerprint)
+    .where(_issued.c.card_uuid == bindparam("card_uuid"), _issued.c.client_iss == bindparam("client_iss")))
+_BACKFILL = insert(_decisions).from_select(
+    _DECISION_COLUMNS,
+    select(_feedback.c.received_at, _issued.c.card_uuid, _issued.c.client_iss, _issued.c.patient_hmac,
+           _issued.c.order_hmac, _issued.c.card_id, _issued.c.content_hash, _issued.c.facts_fingerprint)
+    .join(_feedback, _feedback.c.card_uuid == _issued.c.card_uuid)
+    .where(_feedback.c.outcome.in_(DECIDED_OUTCOMES),
+           func.coalesce(_feedback.c.client_iss, literal("")) == _issued.c.client_iss))
+
+
+def record_issued(conn: Connection, cards: Iterable[IssuedCard]) -> None:
+    rows = [{name: getattr(card, name) for name in _ISSUED_COLUMNS} for card in cards]
+    if rows:
+        conn.execute(_INSERT_ISSUED, rows)
+
+
+def decided(conn: Connection, client_iss: str, patient_key: str, order_key: str,
+            since: datetime) -> set[tuple[str, str, str]]:
+    result = conn.execute(_DECIDED, {"client_iss": client_iss, "patient_hmac": patient_key,
+                                     "order_hmac": order_key, "since": since})
+    return {(r[0], r[1], r[2]) for r in result}
+
+
+def record_decision(conn: Connection, card_uuid: str, client_iss: str | None, outcome: str,
+                    at: datetime) -> None:
+    """An accept/override of ``card_uuid`` by ``client_iss`` (None: the anonymous client)."""
+    if outcome in DECIDED_OUTCOMES:
+        conn.execute(_RECORD_DECISION, {"decided_at": at, "card_uuid": card_uuid, "client_iss": client_iss or ""})
+
+
+def backfill(conn: Connection) -> None:
+    conn.execute(_BACKFILL)
