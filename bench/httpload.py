@@ -2,7 +2,9 @@
 ``wrk`` (``bench/wrkload.py``, when it is on PATH) or by ``bench/loadgen.py`` (Python asyncio + httpx).
 
 gunicorn is started directly (``cds-service serve`` refuses ``CDS_AUTH=off`` without ``--dev``) with
-``CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`` and the
+``CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all`` and the store the README recommends for
+production (PostgreSQL: ``BENCH_DATABASE_URL``, else a local server on 127.0.0.1:5432 in a database of
+its own, else SQLite, said so in the results), ``CDS_MAX_BODY_BYTES`` raised for the body-size series, and the
 access log off; the service's own log lines go to a file.  The server's CPU time (master and
 workers, from /proc) and the load generator's CPU time are recorded: on a 2-core machine the load
 generator competes with the workers for the same cores.
@@ -68,6 +70,8 @@ class Server:
     log_path: Path
     config: Path
     config_note: str
+    store_url: str = ""
+    store_note: str = ""
 
     def pids(self) -> list[int]:
         pids = [self.process.pid]
@@ -97,20 +101,43 @@ class Server:
             return ""
 
 
+# The store the README recommends for production: PostgreSQL.  BENCH_DATABASE_URL names one; otherwise a
+# local server (the one CI and this machine run) is used when it answers, in a database of the bench's own.
+LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
+BENCH_DATABASE = "ivig_cds_bench"
+
+
+def bench_store(tmp: Path) -> tuple[str, str]:
+    """(SQLAlchemy URL, how it was chosen) of the store the HTTP phase runs against."""
+    given = os.environ.get("BENCH_DATABASE_URL")
+    if given:
+        return given, "BENCH_DATABASE_URL"
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2,
+                             autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DATABASE,)).fetchone()
+            if exists is None:
+                conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+        return LOCAL_POSTGRES + BENCH_DATABASE, "PostgreSQL on 127.0.0.1:5432, as the README recommends for production"
+    except Exception as exc:  # no local PostgreSQL: the embedded default
+        return f"sqlite:///{tmp / 'bench.sqlite3'}", f"SQLite (no PostgreSQL on 127.0.0.1:5432: {type(exc).__name__})"
+
+
 @contextmanager
 def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
              extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """gunicorn as the benchmark runs it; ``extra_env`` (e.g. GUNICORN_THREADS) for experiments."""
     port = free_port()
     config, note = config_file()
+    store_url, store_note = bench_store(tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_"))}
     env.update({
         "CDS_AUTH": "off",
         "CDS_PROFILE": "development",
         "CDS_CONTENT_POLICY": "all",
-        # The store the README recommends for production (PostgreSQL) when BENCH_DATABASE_URL names one;
-        # SQLite otherwise (one writer at a time: the issued-card records of issue 14 serialise on it).
-        "CDS_DATABASE_URL": os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{tmp / 'bench.sqlite3'}",
+        "CDS_DATABASE_URL": store_url,
         "GUNICORN_ACCESSLOG": "",
         **(extra_env or {}),
     })
@@ -120,7 +147,7 @@ def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path, config, note)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, config, note, store_url, store_note)
     try:
         _wait_ready(server, startup_timeout_s)
         yield server

@@ -154,8 +154,8 @@ def render(results: Results, out: Path) -> str:
                     "warm-up")
         add(f"gunicorn with `{cfg.get('config_file')}`: {cfg.get('workers')} workers x {cfg.get('threads')} "
             f"threads, `{cfg.get('worker_class')}`, keep-alive {cfg.get('keepalive')} s, access log off; env "
-            "`CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all "
-            "CDS_DATABASE_URL=sqlite:///<tmp>/bench.sqlite3`. Load: "
+            "`CDS_AUTH=off CDS_PROFILE=development CDS_CONTENT_POLICY=all CDS_MAX_BODY_BYTES=<raised for the "
+            f"body-size series>`; store: **{cfg.get('store')}** ({cfg.get('store_note')}). Load: "
             f"{load}. Latency is per call as the client sees it (send to full response); p50/p99 pool every "
             "call of every run; calls/s is per run (median, and the range when there are several runs).")
         add("")
@@ -249,6 +249,25 @@ def render(results: Results, out: Path) -> str:
                     f"{m.usable_cores / (server_per_call + loadgen_per_call):.0f} calls/s "
                     f"({m.usable_cores / server_per_call:.0f} calls/s for the server alone, with the load "
                     "generator on other cores).")
+        add("")
+
+    if results.http_bodies:
+        add("### Body size over HTTP")
+        add("")
+        add("The body-size workloads (below) sent to the same gunicorn one call at a time over one keep-alive "
+            "connection (httpx): latency from send to the full response read, the server's CPU per call (master "
+            "and workers), and the in-process median of the same body from the body-size scenario of this run.")
+        add("")
+        add("| workload | body | calls | HTTP median | HTTP p99 | server CPU per call | in-process median "
+            "| in-process CPU | HTTP / in process | cards |")
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        for b in results.http_bodies:
+            w = b.workload
+            cards = ", ".join(b.cards) if b.ok else f"**UNEXPECTED** (HTTP {b.status}, {b.cards or 'none'})"
+            add(f"| {w.description} | {w.body_kib / 1024:.2f} MiB | {len(b.latency_s)} | {_ms(median(b.latency_s))} "
+                f"| {_ms(p99(b.latency_s))} | {_ms(b.server_cpu_s) if b.server_cpu_s is not None else 'n/a'} "
+                f"| {_ms(b.in_process_s or 0.0)} | {_ms(b.in_process_cpu_s or 0.0)} "
+                f"| {b.ratio or 0.0:.2f}x | {cards or 'none (as expected)'} |")
         add("")
 
     # -- fallback --------------------------------------------------------------------------------

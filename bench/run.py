@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
-from bench import fallback, httpload, inprocess, machine, profiling, report, workloads, wrkload  # noqa: E402
+from bench import fallback, httpbody, httpload, inprocess, machine, profiling, report, workloads, wrkload  # noqa: E402
 from bench.stats import least_squares, median, p99  # noqa: E402
 
 
@@ -97,6 +97,11 @@ TYPICAL_MAX_S = 0.010
 LARGE_MAX_RATIO = 3.0
 HTTP_MIN_CALLS_PER_S = 300.0
 HTTP_MAX_P99_S = 0.100
+# Issue 16, over HTTP: the goal at 16 clients; the HTTP layer's CPU per call; a large body over HTTP.
+HTTP_GOAL_CALLS_PER_S = 1000.0
+HTTP_GOAL_P99_S = 0.050
+HTTP_MAX_OVERHEAD_CPU_S = 0.0005
+HTTP_BODY_MAX_RATIO = 1.5  # the 20,000-Observation IVIG call over HTTP / in process, same body
 FALLBACK_MAX_RATIO = 1.5
 SCALING_MAX_RATIO = 20.0  # issue 16 (was 25 in issue 8)
 # Issue 16: against orjson on the same body (the JSON floor).
@@ -124,6 +129,7 @@ class Results:
     scaling_fit: tuple[float, float, float] | None = None  # slope s/resource, intercept s, r^2
     scaling_gc: list[tuple[int, inprocess.GcStats]] = field(default_factory=list)
     body_sizes: list[inprocess.Measured] = field(default_factory=list)
+    http_bodies: list[httpbody.HttpBody] = field(default_factory=list)
     fallback: fallback.FallbackResult | None = None
     http_phases: list[httpload.LoadPhase] = field(default_factory=list)
     http_checks: list[tuple[str, int, list[str], list[str]]] = field(default_factory=list)
@@ -334,9 +340,11 @@ class Runner:
         settings = httpload.production_settings()
         log(f"http: starting gunicorn ({settings.get('workers')} workers x "
             f"{settings.get('threads')} threads); load generator: {self.loadgen}")
-        with httpload.gunicorn(tmp) as server:
+        # MAX_BODY_BYTES raised (the body-size series' bodies); the hook calls of the mix are far below it.
+        with httpload.gunicorn(tmp, extra_env={"CDS_MAX_BODY_BYTES": str(inprocess.SCALING_MAX_BODY_BYTES)}) as server:
             self.results.http_config = {**settings, "config_file": str(server.config.relative_to(ROOT)),
-                                        "config_note": server.config_note,
+                                        "config_note": server.config_note, "store_note": server.store_note,
+                                        "store": server.store_url.split("://")[0],
                                         "concurrency": httpload.CONCURRENCY, "loadgen": self.loadgen,
                                         "loadgen_reason": self.loadgen_reason,
                                         "wrk_version": wrkload.version(self.wrk) if self.wrk else None,
@@ -355,6 +363,7 @@ class Runner:
                 self._load(server, tmp, ivig, [typical_wl], count=mode.http_ivig_count,
                            duration_s=mode.http_wrk_ivig_s, warmup=False)
                 self.results.http_phases.append(ivig)
+            self._http_bodies(server)
         self.results.mix_process_cpu_s = inprocess.process_cpu_per_call(
             self._app, self._app.test_client(), [typical_wl, fast_wl], min(1000, max(20, mode.http_mix_count // 3)))
         rates = mix.calls_per_s()
@@ -379,6 +388,44 @@ class Runner:
                      f"{rate:.0f} calls/s, p50 {_ms(p50_s)}, p99 {_ms(p99_s)}, {errors} errors "
                      f"({mix.calls} calls, 50/50 typical/fast path, {generator}{corrected})", met, work,
                      note="in-process profile of the same 50/50 mix (the gunicorn layer is not in it)")
+        self._http_targets(mix)
+
+    def _http_targets(self, mix: httpload.LoadPhase) -> None:
+        """Issue 16 over HTTP: the throughput goal, the HTTP layer's CPU per call, a large body."""
+        rate, (_, p99_s) = median(mix.calls_per_s()), mix.summary()
+        self._target("http-goal", f"HTTP, 16 clients, 50/50 mix: >= {HTTP_GOAL_CALLS_PER_S:,.0f} calls/s with p99 <= "
+                     f"{HTTP_GOAL_P99_S * 1000:.0f} ms (a goal)", f"{rate:.0f} calls/s, p99 {_ms(p99_s)}",
+                     rate >= HTTP_GOAL_CALLS_PER_S and p99_s <= HTTP_GOAL_P99_S and mix.error_count == 0, None)
+        cpu = [r.server_cpu_s for r in mix.runs]
+        if self.results.mix_process_cpu_s is not None and mix.runs and all(c is not None for c in cpu):
+            server = sum(c or 0.0 for c in cpu) / max(1, mix.calls)
+            overhead = server - self.results.mix_process_cpu_s
+            self._target("http-overhead", f"HTTP overhead <= {HTTP_MAX_OVERHEAD_CPU_S * 1000:.1f} ms CPU per call "
+                         "(server CPU per call minus in-process CPU per call, 50/50 mix)",
+                         f"{_ms(overhead)} ({_ms(server)} server vs {_ms(self.results.mix_process_cpu_s)} in process)",
+                         overhead <= HTTP_MAX_OVERHEAD_CPU_S, None)
+        body = next((b for b in reversed(self.results.http_bodies) if b.workload.name.startswith("ivig+")), None)
+        if body is not None and body.ratio is not None:
+            self._target("http-body", f"IVIG call with {body.workload.description.split(' + ')[-1]} over HTTP <= "
+                         f"{HTTP_BODY_MAX_RATIO:g}x in process (same body)",
+                         f"{body.ratio:.2f}x ({_ms(median(body.latency_s))} vs {_ms(body.in_process_s or 0.0)})",
+                         body.ratio <= HTTP_BODY_MAX_RATIO, None)
+
+    def _http_bodies(self, server: httpload.Server) -> None:
+        """The body-size workloads over HTTP, one call at a time, against their in-process times."""
+        if not self.results.body_sizes:
+            self.results.notes.append("The body-size series over HTTP needs the in-process body-size scenario "
+                                      "(`--only body-size --only http`).")
+            return
+        for measured in self.results.body_sizes:
+            workload = measured.workload
+            repeats = max(2, len(measured.service_s))
+            log(f"http: body size {workload.name}, {repeats} calls")
+            result = httpbody.measure(server, workload, repeats=repeats, warmup=min(2, repeats))
+            result.in_process_s = median(measured.service_s)
+            result.in_process_cpu_s = median(measured.service_cpu_s)
+            self.results.http_bodies.append(result)
+            gc.collect()
 
     def _ensure_app(self) -> None:
         """The in-process app and the two workloads the HTTP scenario needs (``--only http``)."""

@@ -33,6 +33,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 _HEADER_END = b"\r\n\r\n"
@@ -60,7 +61,8 @@ def request_complete(buffer: bytes | bytearray, body_limit: int) -> bool:
     if _CHUNKED.search(header):
         if body_length > body_limit:
             return True
-        return bool(_LAST_CHUNK.search(bytes(buffer[end + len(_HEADER_END):][-4096:])))
+        tail = max(end + len(_HEADER_END), len(buffer) - 4096)  # the last chunk only: no copy of the body
+        return bool(_LAST_CHUNK.search(bytes(buffer[tail:])))
     match = _CONTENT_LENGTH.search(header)
     if match is None:
         return True
@@ -158,5 +160,29 @@ class BufferingThreadWorker(ThreadWorker):
             conn.prebuf = None
             conn.sock.setblocking(True)
             conn.init()
-            conn.parser.unreader.unread(bytes(buffered))
+            previous = conn.parser.unreader
+            leftover = previous.take_buffered() if hasattr(previous, "take_buffered") else b""
+            conn.parser.unreader = BufferedSocketUnreader(conn.sock, leftover + bytes(buffered))
         return super().handle(conn)
+
+
+class BufferedSocketUnreader(SocketUnreader):
+    """gunicorn's socket reader, serving first the bytes the event loop buffered — in pieces of at most
+    ``max_body_chunk`` (1 MiB), as the socket would.  Pushing the whole buffered request back into the
+    reader instead (``unread``) made every read of the body copy all of what was left of it: a 23 MB body
+    read 64 KiB at a time cost gigabytes of copying (quadratic in the body size)."""
+
+    def __init__(self, sock: Any, buffered: bytes) -> None:
+        super().__init__(sock)
+        self._pending: memoryview | None = memoryview(buffered) if buffered else None
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        pending = self._pending
+        if pending is None:
+            return bytes(super().chunk(size_hint))
+        size = self.mxchunk
+        if size_hint and size_hint > size:
+            size = min(size_hint, self.max_body_chunk)
+        piece = bytes(pending[:size])
+        self._pending = pending[size:] if len(pending) > size else None
+        return piece
