@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     create_engine,
     delete,
-    event,
     func,
     insert,
     inspect,
@@ -35,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from cds_service.engine import store_connections as connections
 from cds_service.engine import store_memory as memory
 from cds_service.engine.store_schema import (  # noqa: F401 (re-exported: the store's public names)
     FEEDBACK_COMMENT_MAX,
@@ -62,17 +62,6 @@ log = logging.getLogger("cds_service.engine.store")
 _T = TypeVar("_T")
 
 
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """SQLite file: write-ahead log, synced at checkpoints (``synchronous=NORMAL``).  Readers no longer
-    wait for the writer, and a commit is not an fsync: with the default rollback journal, every issued-
-    card insert (one per hook call that shows cards) took the file lock and synced, and the workers
-    queued behind each other.  A power loss can lose the last commits; it cannot corrupt the file."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
 class Store:
     def __init__(self, url: str, *, queue_size: int = 10_000) -> None:
         self.url = url
@@ -80,7 +69,7 @@ class Store:
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: SQL parameters (feedback comments, ...) stay out of SQLAlchemy's log
         # lines and exception messages, whatever level the sqlalchemy loggers are set to.
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5}
             if url in ("sqlite://", "sqlite:///:memory:"):
@@ -88,8 +77,11 @@ class Store:
         else:
             kwargs["connect_args"] = {"connect_timeout": 3}
         self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite") and url not in ("sqlite://", "sqlite:///:memory:"):
-            event.listen(self.engine, "connect", _sqlite_wal)
+        connections.configure(self.engine, url)
+        # Decision memory's statements outside a transaction on a server database: each is one round
+        # trip (no BEGIN / COMMIT).  SQLite keeps its transactions (one shared in-memory connection).
+        self._statements: Engine = self.engine if url.startswith("sqlite") else \
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # A deque polled by the writer: appending wakes no thread, so the response path pays
         # nothing for the audit beyond one append.
         self._pending: deque[AuditRecord] = deque()
@@ -247,18 +239,18 @@ class Store:
             return
         if not self._schema_ready:
             self.create_schema()
-        with self.engine.begin() as conn:
+        with self._statements.begin() as conn:
             memory.record_issued(conn, cards)
 
     def remember(self, client_iss: str, patient_key: str, order_key: str, since: datetime,
                  cards: list[IssuedCard]) -> list[IssuedCard]:
-        """Decision memory in one transaction: of ``cards`` (about to leave), those the same client
+        """Decision memory on one connection: of ``cards`` (about to leave), those the same client
         accepted or overrode for this patient and draft order since ``since`` (same card id, content
-        hash and facts fingerprint) are returned; the others are recorded as issued.  Raises
-        ``SQLAlchemyError`` (nothing recorded)."""
+        hash and facts fingerprint) are returned; the others are recorded as issued (two statements,
+        two round trips on PostgreSQL).  Raises ``SQLAlchemyError``."""
         if not self._schema_ready:
             self.create_schema()
-        with self.engine.begin() as conn:
+        with self._statements.begin() as conn:
             decided = memory.decided(conn, client_iss, patient_key, order_key, since)
             withheld = [c for c in cards if (c.card_id, c.content_hash, c.facts_fingerprint) in decided]
             memory.record_issued(conn, [c for c in cards if c not in withheld])
