@@ -237,8 +237,9 @@ def render(results: Results, out: Path) -> str:
             add("")
             add(f"For comparison, the same 50/50 mix costs {_ms(results.mix_process_cpu_s)} of CPU per call in "
                 "process (all threads of the process, the audit writer included, through the Flask test "
-                "client): the difference per call is the HTTP layer (gunicorn's request parsing and socket "
-                "I/O, thread hand-offs) and whatever else ran on the machine.")
+                f"client, on the same {cfg.get('store')} store): the difference per call is the HTTP layer "
+                "(gunicorn's request parsing and socket I/O, thread hand-offs, contention for the GIL between a "
+                "worker's threads) and whatever else ran on the machine.")
             mix = next((p for p in results.http_phases if p.name == "mix"), None)
             if mix is not None and mix.runs and all(r.server_cpu_s is not None for r in mix.runs):
                 server_per_call = sum(r.server_cpu_s or 0.0 for r in mix.runs) / max(1, mix.calls)

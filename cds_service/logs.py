@@ -8,8 +8,11 @@ token, …) — so a future careless ``log.debug(resource)`` still cannot leak t
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 from urllib.parse import quote, quote_plus
@@ -92,11 +95,33 @@ def _install_record_factory() -> None:
 
 
 _configured = False
+_listener: logging.handlers.QueueListener | None = None
 
 
 def install_filter(handler: logging.Handler) -> None:
     if not any(isinstance(f, RedactingFilter) for f in handler.filters):
         handler.addFilter(RedactingFilter())
+
+
+def write_in_background() -> None:
+    """Move the root handler this module installed onto a background thread: request threads hand each
+    record to a queue (already redacted: see ``_install_record_factory``) and never wait on the log
+    file's lock or its write — under load, a worker's threads queued on that lock, each write giving up
+    the GIL.  For the server (``cds_service.wsgi``); lines still queued are written at exit."""
+    global _listener
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_cds_handler", False)]
+    if _listener is not None or not ours:
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    front = logging.handlers.QueueHandler(records)
+    install_filter(front)
+    for handler in ours:
+        root.removeHandler(handler)
+    root.addHandler(front)
+    _listener = logging.handlers.QueueListener(records, *ours, respect_handler_level=True)
+    _listener.start()
+    atexit.register(_listener.stop)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -110,6 +135,7 @@ def configure_logging(level: str = "INFO") -> None:
     if not _configured and not root.handlers:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler._cds_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         _configured = True
     for handler in root.handlers:
