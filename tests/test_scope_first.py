@@ -66,6 +66,26 @@ def test_an_out_of_scope_call_does_not_read_its_prefetch(app: Flask) -> None:
     assert response.get_json() == {"cards": []}
 
 
+def test_a_prefetch_value_that_is_no_resource_is_refused_when_it_is_read(app: Flask) -> None:
+    """The request schema's prefetch rule (each value a resource or null) is checked when an IVIG order
+    reads the prefetch, with the same message; out of scope it is not read at all."""
+    for draft, expected in ((IVIG, 400), (NOT_IVIG, 200)):
+        request = _request(draft)
+        request["prefetch"]["medications"] = "MedicationRequest?patient=1"
+        response = app.test_client().post(SELECT, json=request)
+        assert response.status_code == expected, draft
+    assert response.get_json() == {"cards": []}
+    request = _request(IVIG)
+    request["prefetch"]["medications"] = ["not", "a", "resource"]
+    body = app.test_client().post(SELECT, json=request).get_json()
+    assert body["detail"] == "$.prefetch.medications: expected object or null, got array"
+    request["prefetch"] = ["not", "an", "object"]
+    for draft in (IVIG, NOT_IVIG):  # the prefetch itself must be an object, in scope or not
+        request = _request(draft)
+        request["prefetch"] = ["not", "an", "object"]
+        assert app.test_client().post(SELECT, json=request).status_code == 400
+
+
 def test_depth_still_applies_to_the_whole_body_out_of_scope(app: Flask) -> None:
     request = _request(NOT_IVIG)
     text = json.dumps(request)

@@ -12,7 +12,7 @@ import orjson
 
 from cds_service.errors import BadRequest, UnsupportedMediaType
 from cds_service.protocol.card import INDICATOR_ORDER as INDICATOR_ORDER  # noqa: F401 (one definition, in card.py)
-from cds_service.protocol.schema import first_error
+from cds_service.protocol.schema import first_error, property_error
 
 if TYPE_CHECKING:
     from cds_service.settings import Settings
@@ -193,9 +193,15 @@ def _count_prefetch_resources(prefetch: Mapping[str, Any]) -> int:
 
 
 def check_prefetch(prefetch: Mapping[str, Any] | None, limits: Limits) -> None:
-    """The prefetch count limit (``max_prefetch_resources``): ``BadRequest`` past it.  Called once the
-    call is known to need the prefetch, before it is read (the scope decision needs the context only)."""
-    if prefetch is not None and _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
+    """The prefetch's schema rule (each value a resource or null) and its count limit
+    (``max_prefetch_resources``): ``BadRequest`` otherwise.  Called once the call is known to need the
+    prefetch, before it is read (the scope decision needs the context only)."""
+    if prefetch is None:
+        return
+    problem = property_error("request.json", "prefetch", prefetch)
+    if problem:
+        raise BadRequest(problem)
+    if _count_prefetch_resources(prefetch) > limits.max_prefetch_resources:
         raise BadRequest(f"$.prefetch holds more than {limits.max_prefetch_resources} resources",
                          code="too_many_prefetch_resources")
 
@@ -220,7 +226,7 @@ def parse_request(payload: Any, hook: str, limits: Limits) -> HookRequest:
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_request")
     _check_counts(payload, limits)  # before the schema: validating 100,000 entries takes seconds
-    problem = first_error("request.json", payload)
+    problem = first_error("request.json", payload, deferred=("prefetch",))
     if problem:
         raise BadRequest(problem)
     if payload["hook"] != hook:

@@ -132,6 +132,11 @@ def test_error_classes_have_json_bodies(client: FlaskClient) -> None:
     assert_error(client.post(SIGN, data=b'{"hook": NaN}', content_type="application/json"), 400)
 
 
+def _ivig(body: dict[str, Any]) -> None:
+    body["context"]["draftOrders"]["entry"][0]["resource"] = draft(body["context"]["patientId"], "acc-err-d",
+                                                                   PRIVIGEN_NDC11)
+
+
 @pytest.mark.parametrize("mutate, why", [
     (lambda b: b.update(hookInstance="not-a-uuid"), "hookInstance is not a UUID"),
     (lambda b: b.pop("hookInstance"), "no hookInstance"),
@@ -141,7 +146,8 @@ def test_error_classes_have_json_bodies(client: FlaskClient) -> None:
                                            "scope": "patient/*.read", "subject": "c"}), "token without fhirServer"),
     (lambda b: b.update(fhirServer="ftp://ehr.example.net/fhir"), "fhirServer not http(s)"),
     (lambda b: b.update(prefetch=["not", "an", "object"]), "prefetch is an array"),
-    (lambda b: b.update(prefetch={"conditions": "Condition?patient=1"}), "prefetch value is a string"),
+    # A prefetch value is checked when an IVIG order reads the prefetch (issue 16: out of scope, it is not).
+    (lambda b: (_ivig(b), b.update(prefetch={"conditions": "Condition?patient=1"})), "prefetch value is a string"),
     (lambda b: b["context"].update(draftOrders={"resourceType": "Patient"}), "draftOrders is not a Bundle"),
     (lambda b: b.update(extension=["x"]), "extension is not an object"),
     (lambda b: b["context"].update(draftOrders={"resourceType": "Bundle", "entry": [
