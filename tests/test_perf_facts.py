@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cds_service import terminology
-from cds_service.clinical import matching
+from cds_service.clinical import grading, matching
 from cds_service.clinical.facts import FactReader, PatientFacts, extract
 from cds_service.clinical.matching import OBSERVATION_NOT_READ, Catalogue, Matcher, compile_catalogue
 from cds_service.clinical.orders import ivig_orders
@@ -287,8 +287,18 @@ def test_value_set_and_matcher_caches_stay_bounded(monkeypatch: pytest.MonkeyPat
 def test_a_long_concept_is_answered_but_not_kept() -> None:
     """A key holding more than KEY_CHARS_LIMIT characters is not cached: clients cannot fill memory."""
     t = Terminology.load(CARDS / "valuesets")
+    catalogue = compile_catalogue(t)
     vs = t["condition-ild"]
     concept = {"text": f"{vs.aliases[0].strip()} {'x' * terminology.KEY_CHARS_LIMIT}"}
     assert concept_matches(vs, concept) == concept_matches_uncached(vs, concept) == "text"
     assert concept_matches(vs, concept) == "text"
-    assert not vs.concept_cache
+    assert catalogue.conditions.match(concept) == catalogue.conditions.match_uncached(concept) == ("ild",)
+    assert catalogue.condition_profile(concept).hits == ("ild",)
+    assert not vs.concept_cache and not catalogue.condition_cache and not catalogue.conditions._text_cache
+
+
+@pytest.mark.parametrize("text", ["Positive", "positive", "Strongly positive", "weak +", "+", "-", "Negative",
+                                  "not detected", "Equivocal", "1:160", "", "  ", "high " * 100])
+def test_result_wording_cached_equals_uncached(text: str) -> None:
+    assert grading.grade_text(text) == grading._grade_text.__wrapped__(text)
+    assert grading.grade_text(text) == grading._grade_text.__wrapped__(text)  # from the cache

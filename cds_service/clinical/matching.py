@@ -12,6 +12,7 @@ from cds_service.clinical.grading import ANSWER_CODES
 from cds_service.clinical.orders import ivig_by_concepts
 from cds_service.clinical.safety_facts import SafetySets
 from cds_service.terminology import (
+    KEY_CHARS_LIMIT,
     ConceptKey,
     Terminology,
     ValueSet,
@@ -97,9 +98,10 @@ class Matcher:
             found = ()
             if self.any_alias is not None and self.any_alias.search(normalise_text(text)):
                 found = tuple(name for name, vs in self.sets.items() if vs.matches_text(text))
-            if len(self._text_cache) > 20_000:
-                self._text_cache.clear()
-            self._text_cache[text] = found
+            if len(text) <= KEY_CHARS_LIMIT:  # a long text is not kept (memory a client could fill)
+                if len(self._text_cache) > 20_000:
+                    self._text_cache.clear()
+                self._text_cache[text] = found
         return found
 
 
