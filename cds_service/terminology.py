@@ -47,6 +47,14 @@ _SYSTEM_ALIASES = {
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
+# What ``concept_key`` makes of a concept: nested tuples of strings and None, hashable.
+ConceptKey = tuple[Any, ...]
+
+# Entries a concept cache (per value set, matcher or catalogue) keeps before it starts again from
+# empty, and the characters a key may hold to be kept at all (see ``remember``).
+CONCEPT_CACHE_LIMIT = 20_000
+KEY_CHARS_LIMIT = 512
+
 
 @functools.lru_cache(maxsize=8192)
 def normalise_text(text: str) -> str:
@@ -112,6 +120,8 @@ class ValueSet:
     excludes: tuple[str, ...] = ()
     alias_pattern: re.Pattern[str] | None = None
     exclude_pattern: re.Pattern[str] | None = None
+    # concept_key(concept) -> concept_matches answer; bounded, filled as concepts are seen.
+    concept_cache: dict[ConceptKey, str | None] = field(default_factory=dict, repr=False, compare=False)
 
     # -- matching ---------------------------------------------------------------------
     def has_coding(self, system: str | None, code: str | None) -> bool:
@@ -265,11 +275,84 @@ def concept_texts(concept: Any) -> Iterator[str]:
                     yield display
 
 
+def concept_key(concept: Any) -> ConceptKey:
+    """A hashable key holding everything ``codings`` and ``concept_texts`` read from a concept.
+
+    Two concepts with the same key give the same codings and the same texts (in the same order), so
+    any answer computed from those alone (``concept_matches``, ``Matcher.match``) can be cached on it.
+    The key follows ``as_list``: one entry per element, a ``str`` for a bare string, and for a
+    CodeableConcept a tuple of its ``text`` (None unless a string) and one (system as ``codings``
+    reads it, code or None unless a string, display or None unless a string) per Coding object.
+    Elements both readers skip (numbers, lists, …) leave nothing.
+    """
+    if concept.__class__ is dict:  # the usual shape, first
+        return (_cc_key(concept),)
+    parts: list[Any] = []
+    for cc in as_list(concept):
+        if isinstance(cc, str):
+            parts.append(cc)
+        elif isinstance(cc, dict):
+            parts.append(_cc_key(cc))
+    return tuple(parts)
+
+
+def concepts_key(concepts: Iterable[Any]) -> ConceptKey:
+    """The ``concept_key`` of each of several concepts (a medication's, say), in order."""
+    return tuple(concept_key(c) for c in concepts)
+
+
+def _cc_key(cc: dict[str, Any]) -> tuple[Any, ...]:
+    text = cc.get("text")
+    if text is not None and not isinstance(text, str):
+        text = None
+    coding = cc.get("coding")
+    if coding.__class__ is list and len(coding) == 1 and coding[0].__class__ is dict:  # the usual shape
+        item = coding[0]
+        system, code, display = item.get("system"), item.get("code"), item.get("display")
+        return (text, (system if system.__class__ is str else str(system or ""),
+                       code if code.__class__ is str or isinstance(code, str) else None,
+                       display if display.__class__ is str or isinstance(display, str) else None))
+    return (text, *(_coding_key(item) for item in as_list(coding) if isinstance(item, dict)))
+
+
+def _coding_key(coding: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+    return (str(system or ""), code if isinstance(code, str) else None, display if isinstance(display, str) else None)
+
+
+def remember(cache: dict[Any, Any], key: ConceptKey, value: Any) -> None:
+    """Store in a bounded cache: past ``CONCEPT_CACHE_LIMIT`` entries it starts again from empty,
+    and a key holding more than ``KEY_CHARS_LIMIT`` characters is not kept (its answer is computed
+    each time), so what a client sends cannot make a cache hold much memory.  Plain dict
+    operations: safe to share between threads under CPython."""
+    if _key_chars(key) > KEY_CHARS_LIMIT:
+        return
+    if len(cache) >= CONCEPT_CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _key_chars(key: tuple[Any, ...]) -> int:
+    return sum(len(part) if isinstance(part, str) else _key_chars(part) if isinstance(part, tuple) else 0
+               for part in key)
+
+
 def concept_matches(vs: ValueSet, concept: Any) -> str | None:
-    """How a CodeableConcept matches: ``"code"``, ``"text"`` or None.
+    """How a CodeableConcept matches: ``"code"``, ``"text"`` or None (cached on the value set).
 
     Code first; text aliases only when no coding of the concept is in the set.
     """
+    key = concept_key(concept)
+    try:
+        return vs.concept_cache[key]
+    except KeyError:
+        found = concept_matches_uncached(vs, concept)
+        remember(vs.concept_cache, key, found)
+        return found
+
+
+def concept_matches_uncached(vs: ValueSet, concept: Any) -> str | None:
+    """``concept_matches`` computed afresh (what the cache holds)."""
     for system, code, _ in codings(concept):
         if vs.has_coding(system, code):
             return "code"

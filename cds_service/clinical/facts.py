@@ -1,56 +1,52 @@
 """Patient facts from the FHIR resources gathered for a call.  Pure: no I/O.
 
 Every resource is read leniently; one that cannot be read is skipped and named in a data note,
-never an error.  Raw JSON is filtered by code before anything else is read, so a large prefetch
-of unrelated labs costs one dictionary look-up (or one pre-compiled regex search) per resource.
+never an error.  Raw JSON is filtered by code before anything else is read: each code (or a
+medication's concepts) is reduced to a hashable key and looked up in a cache on the compiled
+``Catalogue``, so a large prefetch of unrelated labs costs one key build and one dictionary look-up
+per resource.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any
 
 from cds_service.clinical.assertion import AffirmingReader, Assertion, AssertionReader
-from cds_service.clinical.contract import SCOPE_CONDITIONS, SYNTHETASE_ANTIBODIES, ConditionKey, LabKey, PftKey
+from cds_service.clinical.contract import SCOPE_CONDITIONS, SYNTHETASE_ANTIBODIES, ConditionKey, PftKey
 from cds_service.clinical.dates import parse_date
-from cds_service.clinical.grading import (
-    Unreadable,
-    effective_date,
-    grade_result,
-    number,
-    reference_range,
-    status_code,
-)
+from cds_service.clinical.grading import Unreadable, status_code
 
 # The value-set groups, importable from here too (tests and tools read them).
 from cds_service.clinical.matching import ANTIBODIES as ANTIBODIES  # noqa: F401
 from cds_service.clinical.matching import CONDITIONS as CONDITIONS  # noqa: F401
 from cds_service.clinical.matching import LABS as LABS  # noqa: F401
 from cds_service.clinical.matching import MATCHED_ANTIBODIES as MATCHED_ANTIBODIES  # noqa: F401
-from cds_service.clinical.matching import (
-    OTHER_ANTIBODIES,
-    Catalogue,
-    compile_catalogue,
-)
 from cds_service.clinical.matching import PFT_PERCENT as PFT_PERCENT  # noqa: F401
-from cds_service.clinical.measures import as_kilograms, fvc_decline
+from cds_service.clinical.matching import Catalogue, compile_catalogue
+from cds_service.clinical.measures import fvc_decline
 from cds_service.clinical.model import DataNote, Fact
-from cds_service.clinical.orders import bundled_medications, is_ivig, medication_concepts, reference_of
+from cds_service.clinical.observations import FINAL_STATUSES as FINAL_STATUSES  # noqa: F401
+from cds_service.clinical.observations import ObservationReader
+from cds_service.clinical.orders import bundled_medications, medication_concepts, outside_vein, reference_of
 from cds_service.clinical.parameters import ClinicalParameters
 from cds_service.clinical.patient import POSITIVE_GRADES as POSITIVE_GRADES  # noqa: F401
-from cds_service.clinical.patient import AntibodyResult, LabValue, PatientFacts
+from cds_service.clinical.patient import AntibodyResult as AntibodyResult  # noqa: F401
+from cds_service.clinical.patient import LabValue as LabValue  # noqa: F401
+from cds_service.clinical.patient import PatientFacts
 from cds_service.clinical.safety_facts import SafetyReader
 from cds_service.clinical.therapy import NotCounted, Therapy, TherapyReader, TherapySets, medication_date
 from cds_service.terminology import (
+    ConceptKey,
     Terminology,
     as_list,
     codings,
     concept_matches,
     concept_texts,
+    concepts_key,
 )
 
-FINAL_STATUSES = {"final", "amended", "corrected"}
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 POSSIBLE_VERIFICATION = {"provisional", "differential", "unconfirmed"}
@@ -58,6 +54,7 @@ THERAPY_REQUEST_STATUSES = {"active", "completed", "on-hold"}
 THERAPY_STATEMENT_STATUSES = {"active", "completed", "intended"}
 IVIG_COURSE_REQUEST_STATUSES = {"active", "completed"}
 IVIG_COURSE_ADMINISTRATION_STATUSES = {"completed", "in-progress"}
+MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationOrder", "MedicationAdministration")
 # Conditions whose history counts whatever their clinical status.
 HISTORY_CONDITIONS = (ConditionKey.VTE_HISTORY,)
 
@@ -66,13 +63,7 @@ def _iso(d: date | None) -> str | None:
     return d.isoformat() if d else None
 
 
-def _newer(candidate_date: date | None, current_date: date | None) -> bool:
-    if current_date is None:
-        return True
-    return candidate_date is not None and candidate_date >= current_date
-
-
-class _Extractor:
+class _Extractor(ObservationReader):
     def __init__(self, catalogue: Catalogue, today: date, parameters: ClinicalParameters,
                  assertions: AssertionReader) -> None:
         self.cat = catalogue
@@ -82,6 +73,7 @@ class _Extractor:
         self.medications: dict[str, dict[str, Any]] = {}
         self.fvc_series: list[tuple[date, float, str]] = []
         self.condition_codes: dict[str, Any] = {}  # Condition reference -> its code (reasons)
+        self.excluded: set[str] = set()  # the IVIG orders' own references
         self.pregnancy_status: tuple[date, bool, str] | None = None
         self.patient_seen = False
         self.safety = SafetyReader(catalogue.safety, parameters, assertions, self.facts, catalogue.answers)
@@ -93,133 +85,19 @@ class _Extractor:
         ref = reference_of(resource) if isinstance(resource, Mapping) else None
         self.facts.notes.append(DataNote("skipped-resource", key, ref))
 
-    # -- observations -------------------------------------------------------------------
-    def observation(self, obs: Mapping[str, Any]) -> None:
-        code = obs.get("code")
-        if code is not None and not isinstance(code, Mapping):
-            raise Unreadable("unreadable-code")
-        antibody_hits = self.cat.antibodies.match(code)
-        lab_hits = [] if antibody_hits else self.cat.labs.match(code)
-        pft_hits = [] if antibody_hits or lab_hits else self.cat.pft.match(code)
-        component_hits: list[tuple[Mapping[str, Any], list[str], list[str]]] = []
-        for component in as_list(obs.get("component")):
-            if isinstance(component, Mapping):
-                c_code = component.get("code")
-                c_antibodies = self.cat.antibodies.match(c_code)
-                c_pft = [] if c_antibodies else self.cat.pft.match(c_code)
-                if c_antibodies or c_pft:
-                    component_hits.append((component, c_antibodies, c_pft))
-        pft_any = [] if antibody_hits or lab_hits else self.cat.pft_any.match(code)
-        pregnancy = concept_matches(self.cat.pregnancy_status, code) if not (antibody_hits or lab_hits) else None
-        if not (antibody_hits or lab_hits or pft_hits or component_hits or pft_any or pregnancy):
-            return  # not an observation any rule reads
-        status = obs.get("status")
-        if not isinstance(status, str):
-            raise Unreadable("unreadable-status")
-        if status not in FINAL_STATUSES:
-            return
-        when = effective_date(obs)
-        ref = reference_of(obs)
-        if (pft_hits or pft_any or any(c_pft for _, _, c_pft in component_hits)) and when is not None:
-            self.facts.pft_dates.append(when)
-        if pregnancy and when is not None:
-            self._pregnancy_status(obs, when, ref)
-        for name in antibody_hits:
-            self._antibody(name, obs, when, ref)
-        for name in lab_hits:
-            self._lab(name, obs, when, ref)
-        for name in pft_hits:
-            self._pft(name, obs, when, ref)
-        for component, c_antibodies, c_pft in component_hits:
-            for name in c_antibodies:
-                self._antibody(name, component, when, ref)
-            for name in c_pft:
-                self._pft(name, component, when, ref)
-
-    def _antibody(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
-        graded = grade_result(obs, self.cat.answers)
-        if name == OTHER_ANTIBODIES:
-            # One entry per analyte (its first code, else its text), so a newer negative for one
-            # antibody does not hide a positive for another.
-            code = obs.get("code")
-            analyte = next((c for _, c, _ in codings(code)), "") or next(iter(concept_texts(code)), "")
-            name = f"{OTHER_ANTIBODIES}:{analyte}"
-        current = self.facts.antibodies.get(name)
-        if current is None or _newer(when, current.date):
-            self.facts.antibodies[name] = AntibodyResult(name, graded.grade, when, ref, graded.value_text)
-
-    def _quantity(self, obs: Mapping[str, Any], when: date | None, ref: str) -> LabValue | None:
-        qty = obs.get("valueQuantity")
-        if qty is None:
-            return None
-        if not isinstance(qty, Mapping):
-            raise Unreadable("unreadable-value")
-        value = number(qty.get("value"))
-        if value is None:
-            raise Unreadable("unreadable-value")
-        unit = str(qty.get("unit") or qty.get("code") or "")
-        ucum = str(qty["code"]) if isinstance(qty.get("code"), str) else ""
-        comparator = qty.get("comparator") if isinstance(qty.get("comparator"), str) else ""
-        low, high = reference_range(obs)
-        flag: str | None = None
-        for concept in as_list(obs.get("interpretation")):
-            for _, code, _ in codings(concept):
-                upper = code.strip().upper()
-                if upper in ("H", "HH", "HU", "A", "AA", ">"):
-                    flag = "high"
-                elif upper in ("L", "LL", "LU", "<"):
-                    flag = "low"
-        if flag is None and high is not None and value > high:
-            flag = "high"
-        if flag is None and low is not None and (value < low or (value == low and comparator in ("<", "<="))):
-            flag = "low"
-        return LabValue(value, unit, when, ref, flag, low, high, str(comparator or ""), ucum)
-
-    def _lab(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
-        lab = self._quantity(obs, when, ref)
-        if lab is None:
-            return
-        if name == LabKey.WEIGHT:
-            lab = as_kilograms(lab)
-            if lab is None:
-                raise Unreadable("unreadable-value")
-        current = self.facts.labs.get(name)
-        if current is None or _newer(when, current.date):
-            self.facts.labs[name] = lab
-
-    def _pft(self, name: str, obs: Mapping[str, Any], when: date | None, ref: str) -> None:
-        lab = self._quantity(obs, when, ref)
-        if lab is None:
-            return
-        percent = [u for u in lab.units if u.startswith("%") or u in ("percent", "pct", "{percent}")
-                   or u.startswith("percent ")]
-        if lab.units and not percent:
-            return  # a volume (L) or a predicted value, not a % predicted
-        if name == PftKey.FVC_PCT and when is not None:
-            self.fvc_series.append((when, lab.value, ref))
-        current = self.facts.pft.get(name)
-        if current is None or _newer(when, current.date):
-            self.facts.pft[name] = lab
-
-    def _pregnancy_status(self, obs: Mapping[str, Any], when: date, ref: str) -> None:
-        if self.pregnancy_status is not None and self.pregnancy_status[0] > when:
-            return  # the newest pregnancy status wins
-        value = obs.get("valueCodeableConcept")
-        positive = concept_matches(self.cat.pregnancy_condition, value) is not None if value is not None else False
-        if positive and value is not None:
-            text = next(iter(concept_texts(value)), "")
-            positive = self.assertions.assertion(text, self.cat.pregnancy_condition.aliases) is Assertion.AFFIRMED \
-                if text else True
-        self.pregnancy_status = (when, positive, ref)
-
     # -- conditions ---------------------------------------------------------------------
     def condition(self, cond: Mapping[str, Any]) -> None:
+        """A Condition, and its safety facts (the code read once: ``Catalogue.condition_profile``)."""
         code = cond.get("code")
         if code is not None and not isinstance(code, Mapping):
             raise Unreadable("unreadable-code")
-        hits = self.cat.conditions.match(code)
-        if not hits:
-            return
+        profile = self.cat.condition_profile(code)
+        if profile.hits:
+            self._condition(cond, code, profile.hits)
+        if profile.anti_iga or profile.allergen:
+            self.safety.condition(cond, profile.anti_iga, profile.allergen)
+
+    def _condition(self, cond: Mapping[str, Any], code: Any, hits: tuple[str, ...]) -> None:
         verification = status_code(cond.get("verificationStatus"))
         if verification in EXCLUDED_VERIFICATION:
             return
@@ -277,36 +155,49 @@ class _Extractor:
         return None if unresolved else False
 
     # -- medications --------------------------------------------------------------------
-    def medication(self, med: Mapping[str, Any], co_ordered: bool = False) -> None:
+    def medication_on_record(self, med: Mapping[str, Any]) -> None:
+        """A medication resource of the record (not one of the IVIG orders), and its safety facts."""
+        if reference_of(med) not in self.excluded:
+            concepts = self.medication(med)
+            self.safety.medication(med, self.medications, concepts)
+
+    def medication(self, med: Mapping[str, Any], co_ordered: bool = False) -> list[Any] | None:
+        """Therapy or an IVIG course; returns the medication's concepts when it read them."""
         rtype = med.get("resourceType")
         status = med.get("status")
         if not isinstance(status, str):
             raise Unreadable("unreadable-status")
         if rtype == "MedicationAdministration":
             self._ivig_course(med, status)
-            return
+            return None
         if not co_ordered:
             allowed = THERAPY_STATEMENT_STATUSES if rtype == "MedicationStatement" else THERAPY_REQUEST_STATUSES
             if status not in allowed:
-                return
+                return None
         concepts = [c for c in medication_concepts(med, self.medications) if c is not None]
-        if not any(concept_matches(self.cat.first_line, c) for c in concepts):
+        key = concepts_key(concepts)
+        if not self.cat.first_line_medication(concepts, key):
             if not co_ordered:
-                self._ivig_course(med, status)
-            return
+                self._ivig_course(med, status, concepts, key)
+            return concepts
         found = self.therapy.classify(med, concepts, co_ordered)
         if isinstance(found, Therapy):
             self.facts.therapies.append(found)
         elif isinstance(found, NotCounted):
             self.facts.not_counted.append(found)
+        return concepts
 
-    def _ivig_course(self, med: Mapping[str, Any], status: str) -> None:
-        """A past or running IVIG request or administration: one course each."""
+    def _ivig_course(self, med: Mapping[str, Any], status: str, concepts: list[Any] | None = None,
+                     key: ConceptKey = ()) -> None:
+        """A past or running IVIG request or administration: one course each (``orders.is_ivig``)."""
         allowed = IVIG_COURSE_ADMINISTRATION_STATUSES if med.get("resourceType") == "MedicationAdministration" \
             else IVIG_COURSE_REQUEST_STATUSES
         if status not in allowed or med.get("intent") in ("proposal", "plan"):
             return
-        if not is_ivig(med, self.cat.terminology, self.medications):
+        if concepts is None:
+            concepts = [c for c in medication_concepts(med, self.medications) if c is not None]
+            key = concepts_key(concepts)
+        if not self.cat.ivig_medication(concepts, key) or outside_vein(med, self.cat.terminology):
             return
         when = medication_date(med)
         if when is None or self.facts.today - when > self.parameters.days("prior_ivig_window_days"):
@@ -314,6 +205,10 @@ class _Extractor:
         self.facts.ivig_courses.append((when, reference_of(med)))
 
     # -- plasma exchange ----------------------------------------------------------------
+    def service_on_record(self, res: Mapping[str, Any]) -> None:
+        self.service(res)
+        self.safety.procedure(res)
+
     def service(self, res: Mapping[str, Any]) -> None:
         code = res.get("code")
         if code is not None and not isinstance(code, Mapping):
@@ -422,39 +317,38 @@ class FactReader:
         extractor = _Extractor(self._catalogue, today, self.parameters, self.assertions)
         resources = list(resources)
         draft_orders = [d for d in draft_orders if isinstance(d, Mapping)]
-        extractor.medications = bundled_medications([r for r in resources + draft_orders if isinstance(r, dict)])
-        extractor.condition_codes = {reference_of(r): r.get("code") for r in resources
-                                     if isinstance(r, Mapping) and r.get("resourceType") == "Condition"
-                                     and isinstance(r.get("code"), Mapping)}
-        excluded = set(exclude_references)
+        medications: list[dict[str, Any]] = []
+        for r in resources:  # one pass for what other resources refer to
+            if r.__class__ is dict or isinstance(r, Mapping):  # (a dict, in practice: checked cheaply)
+                rtype = r.get("resourceType")
+                if rtype == "Medication" and isinstance(r, dict):
+                    medications.append(r)
+                elif rtype == "Condition" and isinstance(r.get("code"), Mapping):
+                    extractor.condition_codes[reference_of(r)] = r.get("code")
+        extractor.medications = bundled_medications(medications + [d for d in draft_orders if isinstance(d, dict)])
+        extractor.excluded = set(exclude_references)
+        readers: dict[str, Callable[[Mapping[str, Any]], None]] = {
+            "Observation": extractor.observation, "Condition": extractor.condition,  # and their safety facts
+            **dict.fromkeys(MEDICATION_TYPES, extractor.medication_on_record),
+            "ServiceRequest": extractor.service_on_record, "Procedure": extractor.service_on_record,
+            "Patient": extractor.patient, "AllergyIntolerance": extractor.safety.allergy,
+            "Device": extractor.safety.device}
         for resource in resources:
-            if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+            rtype = resource.get("resourceType") if resource.__class__ is dict or isinstance(resource, Mapping) \
+                else None
+            if not isinstance(rtype, str):
                 extractor.facts.notes.append(DataNote("skipped-resource", "not-a-resource", None))
                 continue
-            rtype = resource["resourceType"]
+            read = readers.get(rtype)
+            if read is None:
+                continue
             try:
-                if rtype == "Observation":
-                    extractor.observation(resource)
-                    extractor.safety.observation(resource)
-                elif rtype == "Condition":
-                    extractor.condition(resource)
-                    extractor.safety.condition(resource)
-                elif rtype in ("MedicationRequest", "MedicationStatement", "MedicationOrder",
-                               "MedicationAdministration"):
-                    if reference_of(resource) not in excluded:
-                        extractor.medication(resource)
-                        extractor.safety.medication(resource, extractor.medications)
-                elif rtype in ("ServiceRequest", "Procedure"):
-                    extractor.service(resource)
-                    extractor.safety.procedure(resource)
-                elif rtype == "Patient":
-                    extractor.patient(resource)
-                elif rtype in ("AllergyIntolerance", "Device"):
-                    (extractor.safety.allergy if rtype == "AllergyIntolerance" else extractor.safety.device)(resource)
+                read(resource)
             except Unreadable as problem:
                 extractor.note(problem.key, resource)
             except (TypeError, AttributeError, ValueError, KeyError):
                 extractor.note("unexpected-type", resource)
+        excluded = extractor.excluded
         for order in draft_orders:
             if reference_of(order) in excluded:
                 continue

@@ -3,6 +3,7 @@ value against the reference range), dates, numbers and status codes.  Pure."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -46,6 +47,17 @@ _RANGE_TEXT = re.compile(r"(?:<=?|≤|less than|up to)\s*([0-9]+(?:\.[0-9]+)?)|"
 
 def grade_text(text: str) -> str | None:
     """Grade a lab's free-text result: strong-positive | positive | weak-positive | equivocal | negative | None."""
+    if isinstance(text, str) and len(text) <= _CACHED_TEXT_CHARS:
+        return _grade_text(text)
+    return _grade_text.__wrapped__(text)
+
+
+# Labs repeat a few wordings ("Positive", "Negative", "Strongly positive"): short ones are cached.
+_CACHED_TEXT_CHARS = 200
+
+
+@functools.lru_cache(maxsize=4096)
+def _grade_text(text: str) -> str | None:
     low = text.strip().lower()
     if not low:
         return None

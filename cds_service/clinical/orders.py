@@ -89,6 +89,11 @@ def _display(concepts: list[Any]) -> str:
 def is_ivig(resource: Mapping[str, Any], terminology: Terminology,
             medications: Mapping[str, Mapping[str, Any]]) -> bool:
     concepts = [c for c in medication_concepts(resource, medications) if c is not None]
+    return ivig_by_concepts(concepts, terminology) and not outside_vein(resource, terminology)
+
+
+def ivig_by_concepts(concepts: list[Any], terminology: Terminology) -> bool:
+    """Do the medication concepts name an IVIG product (before its route is looked at)?"""
     if not concepts:
         return False
     not_ivig = terminology["medication-ig-not-ivig"]
@@ -97,11 +102,13 @@ def is_ivig(resource: Mapping[str, Any], terminology: Terminology,
         return False
     if any(ivig.excluded_by_text(t) for c in concepts for t in concept_texts(c)):
         return False
-    if not any(concept_matches(ivig, c) for c in concepts):
-        return False
-    # Given under the skin or into a muscle, an immune globulin is not IVIG.
+    return any(concept_matches(ivig, c) for c in concepts)
+
+
+def outside_vein(resource: Mapping[str, Any], terminology: Terminology) -> bool:
+    """Given under the skin or into a muscle (an immune globulin so given is not IVIG)."""
     not_intravenous = [terminology[vs] for vs in ("route-subcutaneous", "route-intramuscular") if vs in terminology]
-    return not any(concept_matches(vs, r) for vs in not_intravenous for r in route_texts_and_codes(resource))
+    return any(concept_matches(vs, r) for vs in not_intravenous for r in route_texts_and_codes(resource))
 
 
 def bundled_medications(draft_orders: list[dict[str, Any]],

@@ -111,13 +111,17 @@ class SafetyReader:
                                                    date=_iso(when), reference=reference_of(res)))
 
     # -- Condition --------------------------------------------------------------------------
-    def condition(self, cond: Mapping[str, Any]) -> None:
+    def condition(self, cond: Mapping[str, Any], anti_iga: bool | None = None, allergen: bool | None = None) -> None:
+        """``anti_iga``/``allergen``: what the code matches, when the caller has it already."""
         code = cond.get("code")
-        text = _text(code)
-        anti_iga = concept_matches(self.sets.anti_iga, code)
-        allergen = concept_matches(self.sets.allergen, code) and concept_matches(self.sets.reaction, code)
+        if anti_iga is None:
+            anti_iga = concept_matches(self.sets.anti_iga, code) is not None
+        if allergen is None:
+            allergen = concept_matches(self.sets.allergen, code) is not None \
+                and concept_matches(self.sets.reaction, code) is not None
         if not (anti_iga or allergen):
             return
+        text = _text(code)
         if status_code(cond.get("verificationStatus")) in CONDITION_EXCLUDED:
             return
         if status_code(cond.get("clinicalStatus")) in CONDITION_INACTIVE and anti_iga:
@@ -141,9 +145,12 @@ class SafetyReader:
         self.facts.acute_vte.append(fact)
 
     # -- Observation: anti-IgA antibodies ---------------------------------------------------
-    def observation(self, obs: Mapping[str, Any]) -> None:
+    def observation(self, obs: Mapping[str, Any], anti_iga: bool | None = None) -> None:
+        """``anti_iga``: whether the code is an anti-IgA antibody test, when the caller has it already."""
         code = obs.get("code")
-        if not isinstance(code, Mapping) or not concept_matches(self.sets.anti_iga, code):
+        if anti_iga is None:
+            anti_iga = isinstance(code, Mapping) and concept_matches(self.sets.anti_iga, code) is not None
+        if not anti_iga:
             return
         if obs.get("status") not in FINAL_STATUSES:
             return
@@ -155,13 +162,16 @@ class SafetyReader:
                                         reference=reference_of(obs)))
 
     # -- MedicationRequest / MedicationStatement: estrogen ----------------------------------
-    def medication(self, med: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]) -> None:
+    def medication(self, med: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]],
+                   concepts: list[Any] | None = None) -> None:
+        """``concepts``: the medication's concepts, when the caller has read them already."""
         allowed = ESTROGEN_STATEMENT_STATUSES if med.get("resourceType") == "MedicationStatement" \
             else ESTROGEN_REQUEST_STATUSES if med.get("resourceType") in ("MedicationRequest", "MedicationOrder") \
             else set()
         if med.get("status") not in allowed:
             return
-        concepts = [c for c in medication_concepts(med, medications) if c is not None]
+        if concepts is None:
+            concepts = [c for c in medication_concepts(med, medications) if c is not None]
         hit = next((c for c in concepts if concept_matches(self.sets.estrogen, c)), None)
         if hit is None:
             return
