@@ -78,11 +78,8 @@ class CardTemplate(Template):
     """A template of a ``CardEnvironment``: ``render_values(mapping)`` renders without copying the
     mapping twice; ``render(**values)`` is Jinja's, made faster the same way."""
 
-    _steps: tuple[_Step, ...] | None = None
-    _names: frozenset[str] = frozenset()
-    _finalize: Callable[[Any], Any] = _identity
-    #: The output when the template is text only (no value can change it), else None.
-    constant: str | None = None
+    #: A simple template: its steps, the names they read, the environment's finalize; else None.
+    _simple: tuple[tuple[_Step, ...], frozenset[str], Callable[[Any], Any]] | None = None
 
     def _prepare(self, environment: SandboxedEnvironment, source: str | nodes.Template) -> None:
         # The globals merged once: a card environment's globals are fixed when it is made.
@@ -97,22 +94,20 @@ class CardTemplate(Template):
             steps = _steps(tree.body, names)
         except _NotSimple:
             return
-        self._steps, self._names, self._finalize = steps, frozenset(names), finalize or _identity
-        if all(step[0] is _TEXT for step in steps):
-            self.constant = "".join(step[1] for step in steps)
+        self._simple = (steps, frozenset(names), finalize or _identity)
 
     def render(self, *args: Any, **kwargs: Any) -> str:
         return self.render_values(dict(*args, **kwargs))
 
     def render_values(self, values: Mapping[str, Any]) -> str:
         """What ``render(**values)`` returns (or raises)."""
-        steps = self._steps
+        simple = self._simple
+        if simple is not None and values.keys() >= simple[1]:
+            out: list[str] = []
+            _run(simple[0], values, simple[2], out)
+            return "".join(out)
         if self.environment.is_async:
             return super().render(values)
-        if steps is not None and values.keys() >= self._names:
-            out: list[str] = []
-            _run(steps, values, self._finalize, out)
-            return "".join(out)
         try:
             return self.environment.concat(
                 self.root_render_func(self.new_context({**self.globals, **values}, shared=True)))
