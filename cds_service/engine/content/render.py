@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -21,6 +22,7 @@ from cds_service.engine.content.catalog import (
     Catalog,
     bibliographic,
 )
+from cds_service.engine.content.compiled import render_values
 from cds_service.engine.content.text import escaped, md_escape
 from cds_service.ids import new_uuid
 from cds_service.protocol.card import CARD_SYSTEM, Card, CardIdentity
@@ -30,12 +32,25 @@ _RESOURCE_ID = re.compile(r"^[A-Z][A-Za-z]+/[^/\s]+$")
 #: A group of adjacent citation markers, "[a] [b]", rendered as one "[1, 2]".
 _KEY = r"\[[a-z0-9][a-z0-9-]*[a-z0-9]\](?!\()"
 _CITATION_GROUP = re.compile(rf"[ \t]*{_KEY}(?:[ \t]*{_KEY})*")
+#: The same groups, searched for from their first "[" (ten times faster than _CITATION_GROUP, which
+#: tries every space): the spaces and tabs before the "[" are then added, as _CITATION_GROUP takes them.
+_CITATION_RUN = re.compile(rf"{_KEY}(?:[ \t]*{_KEY})*")
+_CITATION_KEY = re.compile(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\]")
+_BLANK_LINES = re.compile(r"\n{3,}")
 #: What a clinician reads of ``detail`` at most, in Markdown characters, for any patient.
 DETAIL_MAX = 900
 #: How the detail is made to fit DETAIL_MAX, step by step: (data notes compact: 0 as written, 1 one line
 #: naming what is missing, 2 only how many; facts: with resource references?, how many listed at most).
 _FIT_LEVELS: tuple[tuple[int, bool, int | None], ...] = (
     (0, True, None), (1, True, None), (1, False, None), (1, False, 3), (2, False, 1))
+#: Bounds of the renderer's caches (each is emptied when full): rendered fact lines, rendered citation
+#: groups per card, links per card and base URL.
+FACT_LINES_MAX = 4096
+CITATIONS_MAX = 1024
+LINKS_MAX = 256
+_PLAIN = frozenset({str, type(None)})
+#: Values of card front matter that are shared, never copied, between the cards rendered from it.
+_IMMUTABLE = (int, float, bool, type(None), bytes)
 
 
 class RenderError(Exception):
@@ -47,8 +62,26 @@ class RenderError(Exception):
         self.cause = cause
 
 
+@dataclass(frozen=True)
+class _CardParts:
+    """What a card shows that depends neither on the patient nor on the base URL: built on the card's
+    first render, kept while the catalogue holds the same card."""
+
+    content: CardContent
+    identity: CardIdentity
+    title: str
+    label: str
+    indicator: str
+    #: (finding, indicator, its severity) in the card's order.
+    indicator_rules: tuple[tuple[Any, str, int], ...]
+    #: (system, code, display) of each override reason.
+    override_reasons: tuple[tuple[str, str, str], ...]
+    selection_behavior: str
+
+
 class Renderer:
-    """Renders the cards of one loaded catalogue; what does not depend on the patient is rendered once."""
+    """Renders the cards of one loaded catalogue; what does not depend on the patient is rendered once.
+    The catalogue is read as it is at a card's first render (content is loaded, never edited, in place)."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -58,6 +91,11 @@ class Renderer:
         self._shared_templates = catalog.shared_templates
         self._structure_templates: dict[str, Any] = {}
         self._static: dict[tuple[str, ...], Any] = {}
+        # Caches (plain dict get/set: safe across threads; emptied when full).
+        self._fact_lines: dict[tuple[Any, ...], str] = {}
+        self._citations: dict[tuple[str, str], dict[str, str]] = {}
+        self._links: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._parts: dict[str, _CardParts] = {}
 
     def status_display(self, key: str | None) -> str:
         return self.catalog.status_display(key)
@@ -69,6 +107,22 @@ class Renderer:
         return self.catalog.approval_current(card)
 
     def render_fact(self, fact: Fact, compact: bool = False) -> str:
+        """The fact's line; the same fact (every field a string or None) is rendered once."""
+        key = (fact.label, fact.value_key, fact.value_text, fact.date, fact.reference, bool(compact))
+        cacheable = {type(fact.label), type(fact.value_key), type(fact.value_text), type(fact.date),
+                     type(fact.reference)} <= _PLAIN
+        if cacheable:
+            line = self._fact_lines.get(key)
+            if line is not None:
+                return line
+        line = self._render_fact(fact, compact)
+        if cacheable:
+            if len(self._fact_lines) >= FACT_LINES_MAX:
+                self._fact_lines.clear()
+            self._fact_lines[key] = line
+        return line
+
+    def _render_fact(self, fact: Fact, compact: bool) -> str:
         template = self._shared_templates.get("compact_fact_line" if compact else "fact_line") \
             or self._shared_templates.get("fact_line")
         shown = self.status_display(fact.value_key)
@@ -79,7 +133,7 @@ class Renderer:
                   "date": fact.date or "", "reference": fact.reference or ""}
         if template is None:
             return f"- {md_escape(fact.label)}"
-        return template.render(**values).strip()
+        return render_values(template, values).strip()
 
     def render_notes(self, card_id: str, notes: list[DataNote], fired: frozenset[str] = frozenset(),
                      compact: int = 0) -> Markup:
@@ -134,16 +188,35 @@ class Renderer:
         into ``[1, 2]``; ``[expert-opinion]`` → ``expert``; ``[record]``, an origin seed or an unknown
         key show nothing (a seed is never shown to a clinician as evidence)."""
         numbers = self._numbers(card_id)
+        done = self._citations.get((card_id, expert))  # each group of markers is numbered once
+        if done is None:
+            if len(self._citations) >= LINKS_MAX:
+                self._citations.clear()
+            done = self._citations[(card_id, expert)] = {}
 
-        def replace(match: re.Match[str]) -> str:
-            keys = re.findall(r"\[([a-z0-9][a-z0-9-]*[a-z0-9])\]", match.group(0))
-            shown = [str(numbers[k]) for k in dict.fromkeys(keys) if k in numbers]
-            out = f" [{', '.join(shown)}]" if shown else ""
-            if EXPERT_OPINION in keys and expert:
-                out += f" {expert}"
-            return out
-
-        return _CITATION_GROUP.sub(replace, text)
+        pieces: list[str] = []
+        end = 0
+        for match in _CITATION_RUN.finditer(text):  # what _CITATION_GROUP.sub would replace
+            start = match.start()
+            while start > end and text[start - 1] in " \t":
+                start -= 1
+            group = text[start:match.end()]
+            out = done.get(group)
+            if out is None:
+                keys = _CITATION_KEY.findall(group)
+                shown = [str(numbers[k]) for k in dict.fromkeys(keys) if k in numbers]
+                out = f" [{', '.join(shown)}]" if shown else ""
+                if EXPERT_OPINION in keys and expert:
+                    out += f" {expert}"
+                if len(done) >= CITATIONS_MAX:
+                    done.clear()
+                done[group] = out
+            pieces += (text[end:start], out)
+            end = match.end()
+        if not pieces:
+            return text
+        pieces.append(text[end:])
+        return "".join(pieces)
 
     def _numbers(self, card_id: str) -> dict[str, int]:
         numbers = self._static.get(("numbers", card_id))
@@ -158,7 +231,7 @@ class Renderer:
                 template = self._structure_templates.get(value)
                 if template is None:  # compiled once per distinct string, not per call
                     template = self._structure_templates[value] = self.catalog.text_env.from_string(value)
-                return template.render(**context).strip()
+                return render_values(template, context).strip()
             return value
         if isinstance(value, list):
             return [self._render_structure(v, context) for v in value]
@@ -166,11 +239,12 @@ class Renderer:
             return {k: self._render_structure(v, context) for k, v in value.items()}
         if isinstance(value, date):
             return value.isoformat()
-        return value
+        return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
 
     def _expand_actions(self, actions: list[Any], context: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Render actions; ``for_each: <list variable>`` repeats an action once per item, with the
-        item bound to ``item`` (e.g. one delete per IVIG draft order)."""
+        item bound to ``item`` (e.g. one delete per IVIG draft order).  Every list and dict rendered is
+        new: the card's front matter is never shared with a card served."""
         rendered: list[dict[str, Any]] = []
         for action in actions:
             if not isinstance(action, dict):
@@ -180,9 +254,9 @@ class Renderer:
             if loop:
                 items = context.get(str(loop)) or []
                 for value in items if isinstance(items, list) else []:
-                    rendered.append(self._render_structure(copy.deepcopy(body), {**context, LOOP_ITEM: value}))
+                    rendered.append(self._render_structure(body, {**context, LOOP_ITEM: value}))
             else:
-                rendered.append(self._render_structure(copy.deepcopy(body), context))
+                rendered.append(self._render_structure(body, context))
         return rendered
 
     def indicator(self, card: CardContent, findings: Iterable[str]) -> str:
@@ -219,6 +293,8 @@ class Renderer:
         card = self.catalog.cards[decision.card_id]
         assert card.summary_template is not None and card.body_template is not None
         facts = merge_facts(decision.facts_used)
+        findings = frozenset(decision.findings)
+        expert = str(self.shared.get("expert_opinion_detail", ""))
         # The detail must fit DETAIL_MAX for any patient: as written first; when it would not fit, the
         # data notes compacted, then the facts without resource references, then only the first facts.
         # A text that fits at no step is served as written (``cards check`` reports it).
@@ -231,11 +307,11 @@ class Renderer:
                 if more is not None:
                     lines.append(more.render(count=len(facts) - len(shown)).strip())
             context = template_context(variables, RenderVariables(
-                facts_used=escaped("\n".join(lines)), findings=frozenset(decision.findings),
+                facts_used=escaped("\n".join(lines)), findings=findings,
                 data_notes=self.render_notes(card.id, notes, fired, compact=notes_level), patient_id=patient_id))
-            detail = self.number_citations(card.id, card.body_template.render(**context).strip(),
-                                           str(self.shared.get("expert_opinion_detail", "")))
-            detail = re.sub(r"\n{3,}", "\n\n", detail)
+            detail = self.number_citations(card.id, render_values(card.body_template, context).strip(), expert)
+            if "\n\n\n" in detail:
+                detail = _BLANK_LINES.sub("\n\n", detail)
             if first is None:
                 first = (detail, context)
             if len(detail) <= DETAIL_MAX:
@@ -243,31 +319,56 @@ class Renderer:
         else:
             assert first is not None
             detail, context = first
-        full_summary = " ".join(card.summary_template.render(**context).split())
+        full_summary = " ".join(render_values(card.summary_template, context).split())
         summary = full_summary
         if len(summary) > SUMMARY_MAX:
             summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
-        links = self._static.get(("links", card.id, base_url))
+        links = self._links.get((card.id, base_url))
         if links is None:
-            links = self._static[("links", card.id, base_url)] = self.links(card, base_url)
-        reasons_system = str(self.shared.get("override_reason_system", ""))
-        suggestions = self._suggestions(card, context, frozenset(decision.findings))
+            links = self.links(card, base_url)
+            if len(self._links) >= LINKS_MAX:
+                self._links.clear()
+            self._links[(card.id, base_url)] = links
+        suggestions = self._suggestions(card, context, findings)
+        parts = self._card_parts(card)
+        indicator = parts.indicator  # as ``indicator()``, from the rules read once
+        for finding, override, severity in parts.indicator_rules:
+            if finding in findings and severity > SEVERITY.get(indicator, 0):
+                indicator = override
         return Card(
             uuid=new_uuid(),
             summary=summary,
             detail=detail,
-            indicator=self.indicator(card, decision.findings),
-            source={"label": self.source_label(card), "url": self.source_url(card.id, base_url),
-                    "topic": {"system": CARD_SYSTEM, "code": card.id,
-                              "display": str(card.meta.get("title", card.id))}},
-            identity=CardIdentity(card.id, card.version, self.hashes[card.id], card.status),
+            indicator=indicator,
+            source={"label": parts.label, "url": self.source_url(card.id, base_url),
+                    "topic": {"system": CARD_SYSTEM, "code": card.id, "display": parts.title}},
+            identity=parts.identity,
             suggestions=suggestions,
-            selection_behavior=str(card.meta.get("selection_behavior", "at-most-one")) if suggestions else None,
-            override_reasons=[{"system": reasons_system, "code": str(r["code"]), "display": str(r["display"])}
-                              for r in card.meta.get("override_reasons", []) or [] if isinstance(r, dict)],
-            links=copy.deepcopy(links),
+            selection_behavior=parts.selection_behavior if suggestions else None,
+            override_reasons=[{"system": system, "code": code, "display": display}
+                              for system, code, display in parts.override_reasons],
+            links=[dict(link) for link in links],  # label, url, type: strings
             full_summary=full_summary,
         )
+
+    def _card_parts(self, card: CardContent) -> _CardParts:
+        parts = self._parts.get(card.id)
+        if parts is None or parts.content is not card:
+            meta = card.meta
+            system = str(self.shared.get("override_reason_system", ""))
+            parts = self._parts[card.id] = _CardParts(
+                content=card,
+                identity=CardIdentity(card.id, card.version, self.hashes[card.id], card.status),
+                title=str(meta.get("title", card.id)),
+                label=self.source_label(card),
+                indicator=str(meta.get("indicator", "info")),
+                indicator_rules=tuple((finding, str(override), SEVERITY.get(str(override), -1))
+                                      for finding, override in (meta.get("indicator_rules") or {}).items()),
+                override_reasons=tuple((system, str(r["code"]), str(r["display"]))
+                                       for r in meta.get("override_reasons", []) or [] if isinstance(r, dict)),
+                selection_behavior=str(meta.get("selection_behavior", "at-most-one")),
+            )
+        return parts
 
     def _suggestions(self, card: CardContent, context: Mapping[str, Any],
                      findings: frozenset[str]) -> list[dict[str, Any]]:
@@ -344,16 +445,13 @@ class Renderer:
 
 def merge_facts(facts: list[Fact]) -> list[Fact]:
     """One line per resource: a Condition that is both "ILD" and "RP-ILD" is listed once."""
-    merged: dict[tuple[str | None, str | None, str | None], Fact] = {}
-    order: list[tuple[str | None, str | None, str | None]] = []
+    merged: dict[tuple[str | None, str | None, str | None], Fact] = {}  # in order of first appearance
     for fact in facts:
         key = (fact.reference, fact.value_key, fact.value_text) if fact.reference else (None, fact.label, None)
-        if key in merged:
-            existing = merged[key]
-            if fact.label not in existing.label.split(" · "):
-                merged[key] = Fact(f"{existing.label} · {fact.label}", existing.value_key, existing.value_text,
-                                   existing.date, existing.reference)
-            continue
-        merged[key] = fact
-        order.append(key)
-    return [merged[k] for k in order]
+        existing = merged.get(key)
+        if existing is None:
+            merged[key] = fact
+        elif fact.label not in existing.label.split(" · "):
+            merged[key] = Fact(f"{existing.label} · {fact.label}", existing.value_key, existing.value_text,
+                               existing.date, existing.reference)
+    return list(merged.values())

@@ -6,12 +6,16 @@ import re
 from typing import Any
 
 from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-# Inline Markdown syntax; block syntax (#, >, -, +) cannot start a line here because values are
-# always placed after a label and whitespace is collapsed.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+from cds_service.engine.content.compiled import CardEnvironment
+
+# Inline Markdown syntax is backslash-escaped; block syntax (#, >, -, +) cannot start a line here
+# because values are always placed after a label and whitespace is collapsed.  "&" and "<" become
+# entities (no HTML).  One pass, the same as the entities first and the escapes after: neither entity
+# contains a character escaped.
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", **{c: "\\" + c for c in "\\`*_[]|~"}})
+_MD_SPECIAL = re.compile(r"[&<\\`*_\[\]|~]")  # searched first: most values have none
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -23,12 +27,14 @@ def escaped(markdown: str) -> Markup:
 def md_escape(value: Any) -> str:
     """Patient data into Markdown: no HTML, no Markdown syntax (clients render raw HTML)."""
     text = str(value)
-    text = text.replace("&", "&amp;").replace("<", "&lt;")
-    text = _MD_SPECIAL.sub(r"\\\1", text)
+    if _MD_SPECIAL.search(text) is not None:
+        text = text.translate(_MD_ESCAPES)
     return " ".join(text.split())
 
 
 def _finalize(value: Any) -> Any:
+    if type(value) is str:  # the most common value, first
+        return md_escape(value)
     if isinstance(value, Markup):
         return value
     if value is None:
@@ -38,13 +44,15 @@ def _finalize(value: Any) -> Any:
     return md_escape(value)
 
 
-def make_environment() -> SandboxedEnvironment:
+def make_environment() -> CardEnvironment:
     """Markdown templates (card detail): every value escaped for Markdown and HTML."""
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize,
-                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+    return CardEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize,
+                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
 
 def _plain(value: Any) -> Any:
+    if type(value) is str:
+        return " ".join(_CONTROL.sub(" ", value).split())
     if value is None:
         return ""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -52,9 +60,9 @@ def _plain(value: Any) -> Any:
     return " ".join(_CONTROL.sub(" ", str(value)).split())
 
 
-def make_text_environment() -> SandboxedEnvironment:
+def make_text_environment() -> CardEnvironment:
     """Plain-text templates (summary, suggestion labels, resources): no Markdown escaping."""
-    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_plain,
-                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+    return CardEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_plain,
+                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
 
