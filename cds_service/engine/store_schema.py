@@ -3,6 +3,7 @@ that keep every stored field within its column (4xx before the database, never a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -171,11 +172,17 @@ def feedback_field_problem(item: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def _limits(table: Table) -> dict[str, int]:
+    """Column name -> length, for the table's bounded string columns (read once per table)."""
+    return {c.name: most for c in table.columns if (most := _limit(c)) is not None}
+
+
 def _clip(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """Strings cut to their column's length: one over-long value must not lose a whole audit batch."""
-    for name, value in row.items():
-        most = _limit(table.c[name]) if name in table.c else None
-        if most is not None and isinstance(value, str) and len(value) > most:
+    for name, most in _limits(table).items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > most:
             row[name] = value[:most]
     return row
 
