@@ -12,10 +12,13 @@ rest), never for building expressions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, literal, select
+from sqlalchemy.engine import Dialect
 
 from cds_service.engine.store_schema import (
     DECIDED_OUTCOMES,
@@ -30,7 +33,6 @@ _ISSUED_COLUMNS = [c.name for c in _issued.columns]
 _DECISION_COLUMNS = ["decided_at", "card_uuid", "client_iss", "patient_hmac", "order_hmac", "card_id",
                      "content_hash", "facts_fingerprint"]
 
-_INSERT_ISSUED = insert(_issued)
 _DECIDED = (select(_decisions.c.card_id, _decisions.c.content_hash, _decisions.c.facts_fingerprint)
             .where(_decisions.c.client_iss == bindparam("client_iss"),
                    _decisions.c.patient_hmac == bindparam("patient_hmac"),
@@ -52,16 +54,42 @@ _BACKFILL = insert(_decisions).from_select(
            func.coalesce(_feedback.c.client_iss, literal("")) == _issued.c.client_iss))
 
 
+class _DriverStatement:
+    """A statement compiled once for a dialect, run with ``exec_driver_sql``: SQLAlchemy then neither
+    looks the statement up in its compiled cache nor builds an execution context for an expression on
+    every call; bind values go through their column types' processors (``TypeEngine.bind_processor``)."""
+
+    def __init__(self, statement: Any, dialect: Dialect, types: dict[str, Any]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.names: list[str] | None = list(compiled.positiontup or []) if compiled.positional else None
+        self.processors = {name: p for name, kind in types.items() if (p := kind.bind_processor(dialect))}
+
+    def params(self, values: dict[str, Any]) -> Any:
+        for name, process in self.processors.items():
+            values[name] = process(values[name])
+        return tuple(values[n] for n in self.names) if self.names is not None else values
+
+
+@functools.lru_cache(maxsize=16)  # one dialect per engine: one entry in a server
+def _statements(dialect: Dialect) -> tuple[_DriverStatement, _DriverStatement]:
+    insert_issued = _DriverStatement(insert(_issued).values({c: bindparam(c) for c in _ISSUED_COLUMNS}), dialect,
+                                     {c.name: c.type for c in _issued.columns})
+    return insert_issued, _DriverStatement(_DECIDED, dialect, {"since": _decisions.c.decided_at.type})
+
+
 def record_issued(conn: Connection, cards: Iterable[IssuedCard]) -> None:
-    rows = [{name: getattr(card, name) for name in _ISSUED_COLUMNS} for card in cards]
+    statement = _statements(conn.dialect)[0]
+    rows = [statement.params({name: getattr(card, name) for name in _ISSUED_COLUMNS}) for card in cards]
     if rows:
-        conn.execute(_INSERT_ISSUED, rows)
+        conn.exec_driver_sql(statement.sql, rows)
 
 
 def decided(conn: Connection, client_iss: str, patient_key: str, order_key: str,
             since: datetime) -> set[tuple[str, str, str]]:
-    result = conn.execute(_DECIDED, {"client_iss": client_iss, "patient_hmac": patient_key,
-                                     "order_hmac": order_key, "since": since})
+    statement = _statements(conn.dialect)[1]
+    result = conn.exec_driver_sql(statement.sql, statement.params({
+        "client_iss": client_iss, "patient_hmac": patient_key, "order_hmac": order_key, "since": since}))
     return {(r[0], r[1], r[2]) for r in result}
 
 

@@ -232,7 +232,31 @@ def first_error(name: str, instance: object, *, root: str = "$", deferred: tuple
 
 def property_error(name: str, prop: str, value: object, *, root: str = "$") -> str | None:
     """Validate ``value`` against the rule schema ``name`` gives its top-level property ``prop``."""
+    member_types = _member_types(_normalise(name), prop)
+    if member_types is not None and isinstance(value, dict) and all(
+            type(member) in member_types for member in value.values()):
+        return None  # what the rule says, read off the schema: no validator run for a valid value
     return _message(best_match(_property_validator(_normalise(name), prop).iter_errors(value)), f"{root}.{prop}")
+
+
+# JSON Schema type names whose Python types are exact (orjson decodes to these and nothing else).
+_EXACT_TYPES: dict[str, type] = {"object": dict, "array": list, "string": str, "null": type(None)}
+_ANNOTATIONS = frozenset({"description", "title", "examples", "$comment"})
+
+
+@cache
+def _member_types(stem: str, prop: str) -> frozenset[type] | None:
+    """When the rule of ``prop`` is only "an object whose values are of these types" (as the request
+    schema's prefetch rule is), those Python types; else None (the validator decides)."""
+    rule = _load(stem)["properties"][prop]
+    members = rule.get("additionalProperties")
+    if set(rule) - _ANNOTATIONS != {"type", "additionalProperties"} or rule["type"] != "object" \
+            or not isinstance(members, dict) or set(members) - _ANNOTATIONS != {"type"}:
+        return None
+    names = members["type"] if isinstance(members["type"], list) else [members["type"]]
+    if not all(n in _EXACT_TYPES for n in names):
+        return None
+    return frozenset(_EXACT_TYPES[n] for n in names)
 
 
 def _message(error: ValidationError | None, root: str) -> str | None:
