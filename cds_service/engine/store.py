@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import (
     create_engine,
     delete,
@@ -60,6 +61,10 @@ from cds_service.engine.store_schema import (  # noqa: F401 (re-exported: the st
 
 log = logging.getLogger("cds_service.engine.store")
 _T = TypeVar("_T")
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
 
 
 class Store:
@@ -213,9 +218,9 @@ class Store:
             rows.append(_clip(audit_table, {
                 "at": r.at, "service_id": r.service_id, "hook": r.hook, "hook_instance": r.hook_instance,
                 "client_iss": r.client_iss, "patient_hmac": r.patient_hmac, "outcome": r.outcome,
-                "status_code": r.status_code, "cards": json.dumps(r.cards) if r.cards else None,
-                "withheld": json.dumps(r.withheld) if r.withheld else None,
-                "prefetch": json.dumps(r.prefetch) if r.prefetch else None, "latency_ms": r.latency_ms,
+                "status_code": r.status_code, "cards": _json_text(r.cards) if r.cards else None,
+                "withheld": _json_text(r.withheld) if r.withheld else None,
+                "prefetch": _json_text(r.prefetch) if r.prefetch else None, "latency_ms": r.latency_ms,
             }))
             for card in r.cards:
                 card_rows.append({"card_uuid": card["uuid"], "audit_at": r.at, "service_id": r.service_id,
