@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import selectors
@@ -163,7 +164,11 @@ class BufferingThreadWorker(ThreadWorker):
             previous = conn.parser.unreader
             leftover = previous.take_buffered() if hasattr(previous, "take_buffered") else b""
             conn.parser.unreader = BufferedSocketUnreader(conn.sock, leftover + bytes(buffered))
-        return super().handle(conn)
+        result = super().handle(conn)
+        unreader = getattr(conn.parser, "unreader", None) if conn.parser is not None else None
+        if isinstance(unreader, BufferedSocketUnreader):
+            unreader.settle()  # a pipelined next request: where gthread looks for it
+        return result
 
 
 class BufferedSocketUnreader(SocketUnreader):
@@ -175,6 +180,21 @@ class BufferedSocketUnreader(SocketUnreader):
     def __init__(self, sock: Any, buffered: bytes) -> None:
         super().__init__(sock)
         self._pending: memoryview | None = memoryview(buffered) if buffered else None
+
+    def take_buffered(self) -> bytes:
+        data = bytes(super().take_buffered())
+        if self._pending is not None:
+            data, self._pending = data + bytes(self._pending), None
+        return data
+
+    def settle(self) -> None:
+        """Move what is left of the buffered bytes (a pipelined request) into gunicorn's own buffer, after
+        what it holds: gthread checks that buffer for a next request before it waits on the socket."""
+        if self._pending is not None:
+            rest, self._pending = bytes(self._pending), None
+            held: bytes = self.buf.getvalue()  # type: ignore[has-type]
+            self.buf = io.BytesIO()
+            self.buf.write(held + rest)
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         pending = self._pending

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,30 @@ def test_slow_body_is_buffered_before_a_thread_sees_it(served: Gunicorn) -> None
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_pipelined_requests_after_a_large_body_are_each_answered_in_order(served: Gunicorn) -> None:
+    """A hook call (a body far larger than one read) with the next requests sent behind it in the same
+    write: each is answered, in order, at once -- none waits for keep-alive to run out, none is lost."""
+    body = json.dumps(hook_request()).encode()
+    assert len(body) > 16 * 1024
+    host, port = served.base_url.removeprefix("http://").split(":")
+    first = (f"POST {SELECT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             f"Authorization: Bearer {served.token(SELECT)}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    second = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    third = b"GET /cds-services/no-such-service HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(first + second)
+        time.sleep(0.3)
+        sock.sendall(third)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses[:2] == [b"200", b"200"] and statuses[2] in (b"404", b"405"), answer[:300]
+    assert b'"cards"' in answer.split(b"HTTP/1.1 ")[1]
+    assert time.monotonic() - started < 4  # not held until the keep-alive timeout (5 s)
 
 
 def test_a_chunked_body_over_the_limit_is_413(served: Gunicorn) -> None:
