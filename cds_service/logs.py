@@ -12,6 +12,7 @@ import atexit
 import contextvars
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
@@ -96,6 +97,7 @@ def _install_record_factory() -> None:
 
 _configured = False
 _listener: logging.handlers.QueueListener | None = None
+_front: logging.handlers.QueueHandler | None = None
 
 
 def install_filter(handler: logging.Handler) -> None:
@@ -108,20 +110,58 @@ def write_in_background() -> None:
     record to a queue (already redacted: see ``_install_record_factory``) and never wait on the log
     file's lock or its write — under load, a worker's threads queued on that lock, each write giving up
     the GIL.  For the server (``cds_service.wsgi``); lines still queued are written at exit."""
-    global _listener
+    global _listener, _front
     root = logging.getLogger()
     ours = [h for h in root.handlers if getattr(h, "_cds_handler", False)]
     if _listener is not None or not ours:
         return
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    front = logging.handlers.QueueHandler(records)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=_QUEUED_MAX)
+    front = _front = _DroppingQueueHandler(records)
     install_filter(front)
     for handler in ours:
         root.removeHandler(handler)
     root.addHandler(front)
     _listener = logging.handlers.QueueListener(records, *ours, respect_handler_level=True)
     _listener.start()
-    atexit.register(_listener.stop)
+    atexit.register(_stop_listener)
+    # A worker forked from a process that set this up (gunicorn --preload) has the queue but not the
+    # thread that empties it: start one in the child.
+    os.register_at_fork(after_in_child=_restart_listener_in_child)
+
+
+#: Log records waiting for the writer thread at most; beyond, records are dropped and counted (a blocked
+#: stderr must not grow the worker's memory without bound).
+_QUEUED_MAX = 10_000
+dropped_records = 0
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    def enqueue(self, record: logging.LogRecord) -> None:
+        global dropped_records
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            dropped_records += 1
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = super().prepare(record)
+        prepared.stack_info = None  # already in the prepared message (Python 3.11 keeps it: printed twice)
+        return prepared
+
+
+def _stop_listener() -> None:
+    if _listener is not None:
+        _listener.stop()
+
+
+def _restart_listener_in_child() -> None:
+    if _listener is not None and _front is not None:
+        # A fresh queue (the parent's may have been locked by its writer thread at the fork) and thread.
+        fresh: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=_QUEUED_MAX)
+        _front.queue = fresh
+        _listener.queue = fresh
+        _listener._thread = None  # the parent's thread does not exist in this process
+        _listener.start()
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -26,7 +26,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     text,
     update,
@@ -102,13 +101,11 @@ class Store:
 
     # -- schema -------------------------------------------------------------------------
     def create_schema(self) -> None:
-        # card_decision (decision memory's read side) came after issued_card and feedback: filled once
-        # from them when it is first created, so an upgrade keeps the decisions already made.
-        fresh = not inspect(self.engine).has_table(card_decisions_table.name)
+        # card_decision (decision memory's read side) came after issued_card and feedback: filled from them
+        # at each start (only what it lacks), so an upgrade keeps the decisions already made.
         metadata.create_all(self.engine)
-        if fresh:
-            with self.engine.begin() as conn:
-                memory.backfill(conn)
+        with self.engine.begin() as conn:
+            memory.backfill(conn)
         self._schema_ready = True
 
     def ping(self) -> str | None:
@@ -255,10 +252,14 @@ class Store:
         two round trips on PostgreSQL).  Raises ``SQLAlchemyError``."""
         if not self._schema_ready:
             self.create_schema()
-        with self._statements.begin() as conn:
-            decided = memory.decided(conn, client_iss, patient_key, order_key, since)
-            withheld = [c for c in cards if (c.card_id, c.content_hash, c.facts_fingerprint) in decided]
-            memory.record_issued(conn, [c for c in cards if c not in withheld])
+        try:
+            with self._statements.begin() as conn:
+                decided = memory.decided(conn, client_iss, patient_key, order_key, since)
+        except SQLAlchemyError:
+            self.record_issued(cards)  # no memory to read: the cards are shown, and still recorded
+            raise
+        withheld = [c for c in cards if (c.card_id, c.content_hash, c.facts_fingerprint) in decided]
+        self.record_issued([c for c in cards if c not in withheld])
         return withheld
 
     def issued_card(self, card_uuid: str) -> IssuedCard | None:

@@ -7,7 +7,8 @@ rest), never for building expressions.
   and draft order, from ``card_decision`` (an index probe; no join with every card ever issued);
 - ``record_decision``: written with the feedback that accepts or overrides an issued card — the
   issued card's keys copied by an INSERT … SELECT, so only a card this client was issued counts;
-- ``backfill``: once, when ``card_decision`` is first created on a store that already holds feedback.
+- ``backfill``: at each start, the decisions in ``feedback`` not yet in ``card_decision`` (a store upgraded
+  from a version without it, or feedback taken by replicas still running that version); idempotent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal, select
+from sqlalchemy import Connection, bindparam, exists, func, insert, literal, select
 from sqlalchemy.engine import Dialect
 
 from cds_service.engine.store_schema import (
@@ -51,7 +52,9 @@ _BACKFILL = insert(_decisions).from_select(
            _issued.c.order_hmac, _issued.c.card_id, _issued.c.content_hash, _issued.c.facts_fingerprint)
     .join(_feedback, _feedback.c.card_uuid == _issued.c.card_uuid)
     .where(_feedback.c.outcome.in_(DECIDED_OUTCOMES),
-           func.coalesce(_feedback.c.client_iss, literal("")) == _issued.c.client_iss))
+           func.coalesce(_feedback.c.client_iss, literal("")) == _issued.c.client_iss,
+           ~exists().where(_decisions.c.card_uuid == _issued.c.card_uuid,
+                           _decisions.c.decided_at == _feedback.c.received_at)))
 
 
 class _DriverStatement:
@@ -63,7 +66,8 @@ class _DriverStatement:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.names: list[str] | None = list(compiled.positiontup or []) if compiled.positional else None
-        self.processors = {name: p for name, kind in types.items() if (p := kind.bind_processor(dialect))}
+        self.processors = {name: p for name, kind in types.items()
+                           if (p := kind.dialect_impl(dialect).bind_processor(dialect))}
 
     def params(self, values: dict[str, Any]) -> Any:
         for name, process in self.processors.items():
