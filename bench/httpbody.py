@@ -13,7 +13,7 @@ import httpx
 
 from .httpload import Server
 from .stats import median
-from .workloads import Workload
+from .workloads import Workload, card_ids
 
 
 @dataclass
@@ -38,19 +38,13 @@ class HttpBody:
         return median(self.latency_s) / self.in_process_s
 
 
-def _cards(response: httpx.Response) -> list[str]:
-    if response.status_code != 200:
-        return []
-    return [str((c.get("extension") or {}).get("org.example.ivig-cds", {}).get("cardId"))
-            for c in response.json().get("cards") or []]
-
-
 def measure(server: Server, workload: Workload, *, repeats: int, warmup: int) -> HttpBody:
     result = HttpBody(workload)
     headers = {"Content-Type": "application/json"}
     with httpx.Client(timeout=120.0) as client:
         first = client.post(server.base_url + workload.path, content=workload.body, headers=headers)
-        result.status, result.cards = first.status_code, _cards(first)
+        result.status = first.status_code
+        result.cards = card_ids(first.json()) if first.status_code == 200 else []
         for _ in range(max(0, warmup - 1)):
             client.post(server.base_url + workload.path, content=workload.body, headers=headers)
         cpu_before = server.cpu_seconds()

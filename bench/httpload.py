@@ -30,7 +30,7 @@ import httpx
 
 from . import wrkload
 from .stats import median, p99
-from .workloads import Workload
+from .workloads import Workload, card_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_CONFIG = ROOT / "gunicorn.conf.py"
@@ -184,11 +184,7 @@ def check_answer(server: Server, workload: Workload) -> tuple[int, list[str]]:
     """One call over HTTP: status and card ids (to be sure the load measures real answers)."""
     response = httpx.post(server.base_url + workload.path, content=workload.body,
                           headers={"Content-Type": "application/json"}, timeout=30)
-    cards: list[str] = []
-    if response.status_code == 200:
-        for card in response.json().get("cards") or []:
-            cards.append(str(card.get("extension", {}).get("org.example.ivig-cds", {}).get("cardId")))
-    return response.status_code, cards
+    return response.status_code, card_ids(response.json()) if response.status_code == 200 else []
 
 
 @dataclass

@@ -28,7 +28,7 @@ from cds_service.http.app import create_app
 from cds_service.logs import configure_logging
 
 from .stats import median
-from .workloads import Workload
+from .workloads import Workload, card_ids
 
 # The in-process settings of the brief; MAX_BODY_BYTES is raised only for the scaling series (a
 # 20,000-resource body is ~22 MB, over the 5 MiB production limit).
@@ -75,13 +75,7 @@ def post(client: FlaskClient, workload: Workload) -> Answer:
         payload = None
     finally:
         response.close()
-    cards: list[str] = []
-    if isinstance(payload, dict):
-        for card in payload.get("cards") or []:
-            extension = (card.get("extension") or {}).get("org.example.ivig-cds") or {}
-            topic = (card.get("source") or {}).get("topic") or {}
-            cards.append(str(extension.get("cardId") or topic.get("code")))
-    return Answer(response.status_code, cards, payload)
+    return Answer(response.status_code, card_ids(payload), payload)
 
 
 @dataclass

@@ -162,6 +162,17 @@ MEDICATION_KINDS: tuple[tuple[str, str, str], ...] = (
 # Filler resources
 # --------------------------------------------------------------------------------------------------
 
+def card_ids(payload: Any) -> list[str]:
+    """The card ids of a hook response body (the service's extension, else the source topic)."""
+    ids: list[str] = []
+    if isinstance(payload, dict):
+        for card in payload.get("cards") or []:
+            extension = (card.get("extension") or {}).get("org.example.ivig-cds") or {}
+            topic = (card.get("source") or {}).get("topic") or {}
+            ids.append(str(extension.get("cardId") or topic.get("code")))
+    return ids
+
+
 def _moment(base: date, days_back: int, minute_of_day: int) -> str:
     day = base - timedelta(days=days_back)
     return f"{day.isoformat()}T{minute_of_day // 60:02d}:{minute_of_day % 60:02d}:00-05:00"

@@ -40,16 +40,15 @@ _DECIDED = (select(_decisions.c.card_id, _decisions.c.content_hash, _decisions.c
                    _decisions.c.order_hmac == bindparam("order_hmac"),
                    _decisions.c.decided_at >= bindparam("since"))
             .distinct())
+# What a decision copies from the issued card (``_DECISION_COLUMNS`` after ``decided_at``).
+_FROM_ISSUED = [_issued.c[name] for name in _DECISION_COLUMNS[1:]]
 _RECORD_DECISION = insert(_decisions).from_select(
     _DECISION_COLUMNS,
-    select(bindparam("decided_at", type_=_decisions.c.decided_at.type), _issued.c.card_uuid, _issued.c.client_iss,
-           _issued.c.patient_hmac, _issued.c.order_hmac, _issued.c.card_id, _issued.c.content_hash,
-           _issued.c.facts_fingerprint)
+    select(bindparam("decided_at", type_=_decisions.c.decided_at.type), *_FROM_ISSUED)
     .where(_issued.c.card_uuid == bindparam("card_uuid"), _issued.c.client_iss == bindparam("client_iss")))
 _BACKFILL = insert(_decisions).from_select(
     _DECISION_COLUMNS,
-    select(_feedback.c.received_at, _issued.c.card_uuid, _issued.c.client_iss, _issued.c.patient_hmac,
-           _issued.c.order_hmac, _issued.c.card_id, _issued.c.content_hash, _issued.c.facts_fingerprint)
+    select(_feedback.c.received_at, *_FROM_ISSUED)
     .join(_feedback, _feedback.c.card_uuid == _issued.c.card_uuid)
     .where(_feedback.c.outcome.in_(DECIDED_OUTCOMES),
            func.coalesce(_feedback.c.client_iss, literal("")) == _issued.c.client_iss,

@@ -61,11 +61,19 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def _validator(stem: str) -> Validator:
-    schema = _load(stem)
-    Draft202012Validator.check_schema(schema)
-    checker = Draft202012Validator.FORMAT_CHECKER
-    result: Validator = Draft202012Validator(_inline_refs(schema), format_checker=checker)
+    Draft202012Validator.check_schema(_load(stem))
+    return _checker(_inlined(stem))
+
+
+def _checker(schema: dict[str, Any]) -> Validator:
+    """A draft 2020-12 validator with format checking."""
+    result: Validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     return result
+
+
+@cache
+def _inlined(stem: str) -> dict[str, Any]:
+    return _inline_refs(_load(stem))
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -116,21 +124,18 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 @cache
 def _envelope_validator(stem: str, deferred: tuple[str, ...]) -> Validator:
     """The schema with the ``deferred`` top-level properties checked for their type only."""
-    schema = copy.deepcopy(_inline_refs(_load(stem)))
+    schema = copy.deepcopy(_inlined(stem))
     for name in deferred:
         rule = schema["properties"][name]
         schema["properties"][name] = {"type": rule["type"]} if "type" in rule else {}
-    result: Validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    return result
+    return _checker(schema)
 
 
 @cache
 def _property_validator(stem: str, name: str) -> Validator:
     """The rule of one top-level property of a schema, as a schema of its own."""
-    schema = _inline_refs(_load(stem))
-    rule = {**schema["properties"][name], "$defs": schema.get("$defs", {})}
-    result: Validator = Draft202012Validator(rule, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    return result
+    schema = _inlined(stem)
+    return _checker({**schema["properties"][name], "$defs": schema.get("$defs", {})})
 
 
 def validator(name: str) -> Validator:
