@@ -99,6 +99,32 @@ def pg_url() -> Iterator[str]:
     try:
         yield f"{base}{separator}options=-csearch_path%3D{schema}"
     finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        _drop_schema(admin, schema)
         admin.dispose()
+
+
+def _drop_schema(admin: Any, schema: str) -> None:
+    """Drop a test schema, even while a connection the test left open (an app's audit writer,
+    a pool not yet disposed) still holds locks in it: such sessions are ended first, and a
+    deadlock with one that was mid-write is retried."""
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(5):
+        try:
+            with admin.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            with admin.begin() as conn:
+                conn.execute(text(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+                    " JOIN pg_class c ON c.oid = l.relation"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()"), {"schema": schema})
+            time.sleep(0.1 * (attempt + 1))

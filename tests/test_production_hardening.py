@@ -182,7 +182,7 @@ def test_a_token_is_accepted_once_across_instances_and_restarts_sqlite(tmp_path:
 
 
 def test_a_token_is_accepted_once_across_instances_and_restarts_postgresql(tmp_path: Path, keys: Any,
-                                                                             apps: list[Flask], pg_url: str) -> None:
+                                                                             pg_url: str, apps: list[Flask]) -> None:
     _replay_case(lambda: production(tmp_path, keys, DATABASE_URL=pg_url), keys, apps)
 
 
@@ -313,7 +313,7 @@ def test_feedback_only_for_cards_issued_to_the_same_client_sqlite(tmp_path: Path
 
 
 def test_feedback_only_for_cards_issued_to_the_same_client_postgresql(tmp_path: Path, keys: Any,
-                                                                      apps: list[Flask], pg_url: str) -> None:
+                                                                      pg_url: str, apps: list[Flask]) -> None:
     app = production(tmp_path, keys, DATABASE_URL=pg_url)
     apps.append(app)
     _feedback_binding(app, keys)
