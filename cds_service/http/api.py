@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from cds_service.engine import pipeline
 from cds_service.engine.store import AuditRecord, IssuedCard, feedback_field_problem
 from cds_service.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
+from cds_service.http import collector
 from cds_service.http.context import base_url, runtime, verifier
 from cds_service.logs import mark_sensitive
 from cds_service.protocol import check_content_type, parse_feedback, parse_json, parse_request
@@ -84,6 +85,12 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     started = time.perf_counter()
+    # The decoded body is alive only inside _call (a large one with the cyclic collector paused).
+    with collector.paused_for(request.content_length):
+        return _call(service_id, started)
+
+
+def _call(service_id: str, started: float) -> Response:
     rt = runtime()
     service = rt.services.get(service_id)
     if service is None:

@@ -3,7 +3,6 @@ error handler (``errors.ERROR_CODES`` for the service's errors and werkzeug's), 
 
 from __future__ import annotations
 
-import gc
 import logging
 import traceback
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.engine.runtime import Runtime
 from cds_service.errors import CdsError, InternalError, error_for_status
-from cds_service.http import context
+from cds_service.http import collector, context
 from cds_service.http.auth import build_verifier
 from cds_service.ids import new_request_id
 from cds_service.logs import clear_sensitive, configure_logging, mark_sensitive
@@ -79,23 +78,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_web(app, settings)
     _register_errors(app)
     _register_headers(app, settings)
-    _tune_garbage_collector()
+    collector.tune()
     return app
-
-
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off the request path.
-
-    A call allocates tens of thousands of short-lived objects (the decoded prefetch) and no
-    cycles; with CPython's default thresholds the collector ran dozens of times per large call
-    and re-scanned everything loaded at start-up (value sets, templates, modules), which made
-    the cost per resource grow with prefetch size.  Freezing the start-up heap and collecting
-    the young generation less often keeps the cost linear.  Process-wide, once.
-    """
-    gc.freeze()
-    threshold = gc.get_threshold()
-    if threshold[0] < 50_000:
-        gc.set_threshold(50_000, max(threshold[1], 20), max(threshold[2], 100))
 
 
 def _error_response(error: CdsError) -> Response:
