@@ -126,9 +126,10 @@ def bench_store(tmp: Path) -> tuple[str, str]:
 
 
 @contextmanager
-def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
-             extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    """gunicorn as the benchmark runs it; ``extra_env`` (e.g. GUNICORN_THREADS) for experiments."""
+def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0, extra_env: dict[str, str] | None = None,
+             app: str = "cds_service.wsgi:app") -> Iterator[Server]:
+    """gunicorn as the benchmark runs it; ``extra_env`` (e.g. GUNICORN_THREADS) for experiments; ``app``
+    another WSGI app served with the same configuration (``bench.noop_wsgi:app``: the HTTP layer alone)."""
     port = free_port()
     config, note = config_file()
     store_url, store_note = bench_store(tmp)
@@ -143,7 +144,7 @@ def gunicorn(tmp: Path, *, startup_timeout_s: float = 60.0,
     })
     log_path = tmp / "gunicorn.log"
     executable = Path(sys.executable).parent / "gunicorn"
-    command = [str(executable), "-c", str(config), "--bind", f"127.0.0.1:{port}", "cds_service.wsgi:app"]
+    command = [str(executable), "-c", str(config), "--bind", f"127.0.0.1:{port}", app]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)

@@ -239,7 +239,9 @@ def render(results: Results, out: Path) -> str:
                 "process (all threads of the process, the audit writer included, through the Flask test "
                 f"client, on the same {cfg.get('store')} store): the difference per call is the HTTP layer "
                 "(gunicorn's request parsing and socket I/O, thread hand-offs, contention for the GIL between a "
-                "worker's threads) and whatever else ran on the machine.")
+                "worker's threads) and whatever else ran on the machine.  The `http-layer` row measures the first "
+                "part directly: the same gunicorn configuration under the same load, serving `bench/noop_wsgi.py` "
+                "(reads the body, answers `{\"cards\":[]}`), so its CPU per call is the HTTP layer's own.")
             mix = next((p for p in results.http_phases if p.name == "mix"), None)
             if mix is not None and mix.runs and all(r.server_cpu_s is not None for r in mix.runs):
                 server_per_call = sum(r.server_cpu_s or 0.0 for r in mix.runs) / max(1, mix.calls)

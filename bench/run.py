@@ -369,6 +369,7 @@ class Runner:
         self.results.mix_process_cpu_s = inprocess.process_cpu_per_call(
             same_store, same_store.test_client(), [typical_wl, fast_wl], min(1000, max(20, mode.http_mix_count // 3)))
         same_store.extensions["cds_runtime"].store.close()
+        self._http_layer(tmp, [typical_wl, fast_wl])
         rates = mix.calls_per_s()
         rate = median(rates)
         p50_s, p99_s = mix.summary()
@@ -393,6 +394,24 @@ class Runner:
                      note="in-process profile of the same 50/50 mix (the gunicorn layer is not in it)")
         self._http_targets(mix)
 
+    def _http_layer(self, tmp: Path, mix: list[workloads.Workload]) -> None:
+        """The same gunicorn configuration and the same 50/50 load, served by a WSGI app that only reads the
+        body (``bench/noop_wsgi.py``): what the HTTP layer itself costs per call, measured, not inferred."""
+        mode = self.mode
+        phase = httpload.LoadPhase("http-layer", "the same mix to a no-op WSGI app (bench/noop_wsgi.py): the "
+                                   "HTTP layer alone", [w.name for w in mix])
+        log("http: the HTTP layer alone (bench/noop_wsgi.py on the same gunicorn configuration)")
+        with httpload.gunicorn(tmp, app="bench.noop_wsgi:app") as server:
+            self._load(server, tmp, phase, mix, count=mode.http_mix_count, duration_s=mode.http_wrk_mix_s,
+                       warmup=True)
+        self.results.http_phases.append(phase)
+
+    def _layer_cpu_per_call(self) -> float | None:
+        layer = next((p for p in self.results.http_phases if p.name == "http-layer"), None)
+        if layer is None or not layer.runs or any(r.server_cpu_s is None for r in layer.runs):
+            return None
+        return sum(r.server_cpu_s or 0.0 for r in layer.runs) / max(1, layer.calls)
+
     def _http_targets(self, mix: httpload.LoadPhase) -> None:
         """Issue 16 over HTTP: the throughput goal, the HTTP layer's CPU per call, a large body."""
         rate, (_, p99_s) = median(mix.calls_per_s()), mix.summary()
@@ -403,10 +422,15 @@ class Runner:
         if self.results.mix_process_cpu_s is not None and mix.runs and all(c is not None for c in cpu):
             server = sum(c or 0.0 for c in cpu) / max(1, mix.calls)
             overhead = server - self.results.mix_process_cpu_s
+            layer = self._layer_cpu_per_call()
+            alone = "" if layer is None else (
+                f"; the HTTP layer alone, same server and load with a no-op app: {_ms(layer)} per call, so "
+                f"{_ms(max(0.0, overhead - layer))} is the service's own work costing more under 16 concurrent "
+                "clients than one call at a time")
             self._target("http-overhead", f"HTTP overhead <= {HTTP_MAX_OVERHEAD_CPU_S * 1000:.1f} ms CPU per call "
                          "(server CPU per call minus in-process CPU per call, 50/50 mix)",
-                         f"{_ms(overhead)} ({_ms(server)} server vs {_ms(self.results.mix_process_cpu_s)} in process)",
-                         overhead <= HTTP_MAX_OVERHEAD_CPU_S, None)
+                         f"{_ms(overhead)} ({_ms(server)} server vs {_ms(self.results.mix_process_cpu_s)} in process"
+                         f"{alone})", overhead <= HTTP_MAX_OVERHEAD_CPU_S, None)
         body = next((b for b in reversed(self.results.http_bodies) if b.workload.name.startswith("ivig+")), None)
         if body is not None and body.ratio is not None:
             self._target("http-body", f"IVIG call with {body.workload.description.split(' + ')[-1]} over HTTP <= "

@@ -38,6 +38,7 @@ def test_tiny_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     text = out.read_text(encoding="utf-8")
     assert "Load generator: **httpx**" in text
+    assert "| http-layer: the same mix to a no-op WSGI app" in text  # the HTTP layer measured alone
     for heading in ("## Machine", "## Targets", "## In process", "## Over HTTP", "## FHIR fallback",
                     "## Scaling with prefetch size", "## Body size: fast path and IVIG call against the orjson floor",
                     "### Body size over HTTP", "## Where the time goes"):
