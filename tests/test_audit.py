@@ -114,3 +114,38 @@ def test_a_stopped_store_does_not_fail_hook_calls(make_app: Callable[..., Flask]
     body = ready.get_json()
     assert body["audit"]["lost"] == 3
     assert any("store unreachable" in warning for warning in body["warnings"])
+
+
+def test_audit_rows_of_a_burst_are_written_together(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows queued close together go to the database in one batch (one transaction), not one each;
+    ``flush`` does not wait for the linger; close writes what is still queued."""
+    import time
+
+    from cds_service.engine import store as store_module
+    from cds_service.engine.store import AuditRecord, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    store.create_schema()
+    batches: list[int] = []
+    write = store._write
+
+    def counting(records: list[AuditRecord]) -> None:
+        batches.append(len(records))
+        write(records)
+
+    monkeypatch.setattr(store, "_write", counting)
+    monkeypatch.setattr(store_module, "AUDIT_LINGER_S", 0.5)
+    record = AuditRecord(service_id="ivig-order-select", hook="order-select", outcome="no-cards",
+                         status_code=200, latency_ms=1.0)
+    for _ in range(40):
+        store.audit(record)
+        time.sleep(0.005)
+    started = time.monotonic()
+    assert store.flush(10)
+    assert time.monotonic() - started < 0.4, "flush wakes the writer instead of waiting for the linger"
+    assert sum(batches) == 40
+    assert batches == [40]
+    store.audit(record)
+    assert store.close(timeout=5)
+    assert sum(batches) == 41
+    assert len(store.audit_rows()) == 41

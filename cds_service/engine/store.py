@@ -66,6 +66,12 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
+#: Audit rows wait at most this long to be written with the rows queued after them (issue 16) ...
+AUDIT_LINGER_S = 0.1
+#: ... or until this many wait (also the most written in one batch).
+AUDIT_BATCH = 500
+
+
 class Store:
     def __init__(self, url: str, *, queue_size: int = 10_000) -> None:
         self.url = url
@@ -92,6 +98,7 @@ class Store:
         self._queue_size = queue_size
         self._in_flight = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # flush / close: write what is queued now
         self.audit_lost = 0
         self.audit_written = 0
         self.last_error: str | None = None
@@ -175,22 +182,30 @@ class Store:
         self._pending.append(record)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until queued records are written (tests, shutdown)."""
+        """Wait until queued records are written (tests, shutdown); the writer is woken at once."""
         deadline = time.monotonic() + timeout
         while (self._pending or self._in_flight) and time.monotonic() < deadline:
+            self._wake.set()
             time.sleep(0.005)
         return not self._pending and not self._in_flight
 
     def _run(self) -> None:
+        # Rows are written in batches, at most AUDIT_LINGER_S after they were queued (sooner when
+        # AUDIT_BATCH rows wait, or on flush / close).  Writing each call's row as it came made a
+        # transaction per call: database round trips on the writer thread, each a hand-over of
+        # the GIL to and from the threads serving calls.
         while True:
+            if len(self._pending) < AUDIT_BATCH and not self._stop.is_set():
+                self._wake.wait(AUDIT_LINGER_S)
+                self._wake.clear()
             if not self._pending:
-                if self._stop.wait(0.05) and not self._pending:
+                if self._stop.is_set():
                     return
                 continue
             batch: list[AuditRecord] = []
             with self._lock:
                 self._in_flight += 1
-            while self._pending and len(batch) < 500:
+            while self._pending and len(batch) < AUDIT_BATCH:
                 batch.append(self._pending.popleft())
             try:
                 self._write(batch)
@@ -350,6 +365,7 @@ class Store:
         flushed = True
         if self._thread is not None and self._thread.is_alive():
             self._stop.set()
+            self._wake.set()
             self._thread.join(timeout=timeout)
             flushed = not self._thread.is_alive() and not self._pending
         elif self._pending:
