@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,33 +112,58 @@ class Measured:
 
 
 def measure(client: FlaskClient, workload: Workload, *, repeats: int, warmup: int) -> Measured:
-    first = post(client, workload)
-    result = Measured(workload, status=first.status, cards=first.cards)
-    for _ in range(max(0, warmup - 1)):
-        post(client, workload)
-    body = workload.body
+    result = _first(client, workload, warmup)
     gc.collect()
     for _ in range(repeats):
-        cpu_started = time.thread_time()
-        started = time.perf_counter()
-        response = client.post(workload.path, data=body, content_type="application/json")
-        response.get_data()
-        response.close()
-        middle = time.perf_counter()
-        cpu_used = time.thread_time() - cpu_started
-        json.dumps(json.loads(body))
-        ended = time.perf_counter()
-        decoded = orjson.loads(body)
-        orjson_decoded = time.perf_counter()
-        orjson.dumps(decoded)
-        orjson_ended = time.perf_counter()
-        del decoded
-        result.service_s.append(middle - started)
-        result.service_cpu_s.append(cpu_used)
-        result.json_s.append(ended - middle)
-        result.orjson_decode_s.append(orjson_decoded - ended)
-        result.orjson_round_trip_s.append(orjson_ended - ended)
+        _timed_call(client, result)
     return result
+
+
+def measure_interleaved(client: FlaskClient, plan: Sequence[tuple[Workload, int]], *, rounds: int,
+                        warmup: int) -> list[Measured]:
+    """``plan``: (workload, calls) pairs, measured in ``rounds`` rounds, each round making its share of
+    every workload's calls in turn.  Figures compared with each other (the scaling ratio) then come
+    from the same stretches of time, so a drift of the machine's speed over the run moves both."""
+    results = [_first(client, workload, warmup) for workload, _ in plan]
+    gc.collect()
+    for index in range(rounds):
+        for result, (_, calls) in zip(results, plan, strict=True):
+            share = calls // rounds + (1 if index < calls % rounds else 0)
+            for _ in range(share):
+                _timed_call(client, result)
+    return results
+
+
+def _first(client: FlaskClient, workload: Workload, warmup: int) -> Measured:
+    first = post(client, workload)
+    for _ in range(max(0, warmup - 1)):
+        post(client, workload)
+    return Measured(workload, status=first.status, cards=first.cards)
+
+
+def _timed_call(client: FlaskClient, result: Measured) -> None:
+    """One call, then the JSON round trip and the orjson floor of the same body."""
+    workload = result.workload
+    body = workload.body
+    cpu_started = time.thread_time()
+    started = time.perf_counter()
+    response = client.post(workload.path, data=body, content_type="application/json")
+    response.get_data()
+    response.close()
+    middle = time.perf_counter()
+    cpu_used = time.thread_time() - cpu_started
+    json.dumps(json.loads(body))
+    ended = time.perf_counter()
+    decoded = orjson.loads(body)
+    orjson_decoded = time.perf_counter()
+    orjson.dumps(decoded)
+    orjson_ended = time.perf_counter()
+    del decoded
+    result.service_s.append(middle - started)
+    result.service_cpu_s.append(cpu_used)
+    result.json_s.append(ended - middle)
+    result.orjson_decode_s.append(orjson_decoded - ended)
+    result.orjson_round_trip_s.append(orjson_ended - ended)
 
 
 def measure_empty_request(client: FlaskClient, repeats: int) -> list[float]:
