@@ -235,8 +235,11 @@ def render(results: Results, out: Path) -> str:
             "over the number of calls (gunicorn master and workers together).")
         if results.mix_process_cpu_s is not None:
             add("")
+            runs = results.mix_process_cpu_runs
+            spread = (f" (median of {len(runs)} measurements, one after each mix run: "
+                      f"{', '.join(_ms(r) for r in runs)})") if len(runs) > 1 else ""
             add(f"For comparison, the same 50/50 mix costs {_ms(results.mix_process_cpu_s)} of CPU per call in "
-                "process (all threads of the process, the audit writer included, through the Flask test "
+                f"process{spread} (all threads of the process, the audit writer included, through the Flask test "
                 f"client, on the same {cfg.get('store')} store): the difference per call is the HTTP layer "
                 "(gunicorn's request parsing and socket I/O, thread hand-offs, contention for the GIL between a "
                 "worker's threads) and whatever else ran on the machine.  The `http-layer` row measures the first "
