@@ -76,6 +76,8 @@ class Settings:
     REPLAY_TIMEOUT_S: float = 0.5  # longest wait for the jti replay store before refusing
     FEEDBACK_WINDOW_HOURS: float = 72.0  # feedback accepted for cards issued this recently
     AUDIT_4XX_PER_MINUTE: int = 60  # refused calls audited one row each, then one summary row
+    CALL_SLOTS: int = 1  # hook calls computing at once per process (waits excluded); 0 = no limit
+    STORE_TIMEOUT_S: float = 2.0  # longest wait for the decision memory / issued-card record in a call
 
     # ---------------------------------------------------------------------------------
     @property
@@ -152,9 +154,11 @@ class Settings:
             raise SettingsError(f"PROFILE must be 'production' or 'development', not {self.PROFILE!r}")
         if self.REVIEW_PAGES not in ("", "on", "off"):
             raise SettingsError(f"REVIEW_PAGES must be 'on' or 'off', not {self.REVIEW_PAGES!r}")
-        for name in ("REPLAY_TIMEOUT_S", "FEEDBACK_WINDOW_HOURS", "AUDIT_4XX_PER_MINUTE"):
+        for name in ("REPLAY_TIMEOUT_S", "FEEDBACK_WINDOW_HOURS", "AUDIT_4XX_PER_MINUTE", "STORE_TIMEOUT_S"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
+        if self.CALL_SLOTS < 0:
+            raise SettingsError("CALL_SLOTS must be 0 (no limit) or more")
 
     def production_problems(self) -> list[str]:
         """What stops these settings from serving outside the development profile (empty: fine).
@@ -307,6 +311,12 @@ DESCRIPTIONS: dict[str, str] = {
                              "this recently",
     "AUDIT_4XX_PER_MINUTE": "refused calls (4xx) audited one row each up to this many per minute and worker; "
                             "the rest are counted in one summary row",
+    "STORE_TIMEOUT_S": "longest wait of a hook call for the decision memory and the record of the cards it "
+                       "issues; past it the cards are shown, not recorded (feedback for them is refused), "
+                       "and a warning is logged",
+    "CALL_SLOTS": "hook calls computing at once in one process; a call waiting for a FHIR server or the "
+                  "database gives its slot up meanwhile. 1 suits CPython (one thread runs Python at a time: "
+                  "calls interleaved mid-way cost a quarter more CPU); 0 = no limit",
 }
 
 

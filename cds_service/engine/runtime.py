@@ -15,6 +15,7 @@ from cds_service.engine.assertion import assertion_reader
 from cds_service.engine.content import Catalog, Renderer
 from cds_service.engine.content.parameters import ASSERTION_CUES_FILE, load_parameters
 from cds_service.engine.fhir import FhirClient
+from cds_service.engine.gate import CallGate
 from cds_service.engine.services import ServiceDefinition, build_services
 from cds_service.engine.store import Store
 from cds_service.protocol import Limits
@@ -38,6 +39,7 @@ class Runtime:
     renderer: Renderer
     parameters: ClinicalParameters
     started_at: float = field(default_factory=time.time)
+    gate: CallGate = field(default_factory=lambda: CallGate(1))  # one call computing at a time (gate.py)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -60,4 +62,5 @@ class Runtime:
         assertions = assertion_reader(cards_dir / ASSERTION_CUES_FILE)
         return cls(settings, terminology, catalog, build_services(terminology), store,
                    FhirClient.from_settings(settings), audit_key, limits,
-                   FactReader(terminology, parameters, assertions), Renderer(catalog), parameters)
+                   FactReader(terminology, parameters, assertions), Renderer(catalog), parameters,
+                   gate=CallGate(settings.CALL_SLOTS))

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from cds_service.engine import gate
 from cds_service.engine import store_connections as connections
 from cds_service.engine import store_memory as memory
 from cds_service.engine.store_schema import (  # noqa: F401 (re-exported: the store's public names)
@@ -387,14 +388,17 @@ class Store:
     _refused_last: AuditRecord | None = None
     _jti_pruned_at: float = 0.0
 
-    def _call_bounded(self, timeout: float, fn: Callable[..., _T], *args: Any) -> _T:
+    def call_within(self, timeout: float, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` (a store method) on the store's small pool, waited for ``timeout`` seconds at most:
+        ``StoreTimeout`` past it.  A hook call's slot (engine/gate.py) is kept for a quick answer and
+        given up while a slow database keeps it waiting."""
         with self._lock:
             if self._bounded is None:
                 self._bounded = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-bounded")
             pool = self._bounded
         future = pool.submit(fn, *args)
         try:
-            return future.result(timeout=timeout)
+            return gate.wait_for(future, timeout)
         except FutureTimeout:
             future.cancel()
             raise StoreTimeout(f"no answer within {timeout:g} s") from None
@@ -403,7 +407,7 @@ class Store:
         """Remember ``key`` (a digest of iss and jti) until ``expires_at``: True the first time, False when
         it is remembered and not expired.  ``StoreTimeout`` or ``SQLAlchemyError`` when the database
         cannot answer (the caller refuses the token: fail closed)."""
-        return self._call_bounded(timeout, self._claim_jti, key, expires_at, now)
+        return self.call_within(timeout, self._claim_jti, key, expires_at, now)
 
     def _claim_jti(self, key: str, expires_at: float, now: float) -> bool:
         if not self._schema_ready:
@@ -435,7 +439,7 @@ class Store:
             with self.engine.connect() as conn:
                 conn.execute(select(jti_table.c.key).limit(1))
         try:
-            self._call_bounded(timeout, probe)
+            self.call_within(timeout, probe)
             return None
         except StoreTimeout as exc:
             return str(exc)

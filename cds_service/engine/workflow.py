@@ -129,12 +129,13 @@ def _remember(runtime: Runtime, result: CallResult, cards: list[Card], entries: 
                          version=c.identity.version, content_hash=c.identity.content_hash,
                          facts_fingerprint=fingerprints[c.uuid]) for c in cards]
     remembered: set[str] = set()
-    try:
+    try:  # bounded: a slow or hung database costs a call STORE_TIMEOUT_S at most
         if order and patient and settings.DECISION_MEMORY_HOURS > 0:
             since = now - timedelta(hours=settings.DECISION_MEMORY_HOURS)
-            remembered = {c.card_uuid for c in store.remember(client, patient, order, since, issued)}
+            remembered = {c.card_uuid for c in store.call_within(settings.STORE_TIMEOUT_S, store.remember,
+                                                                  client, patient, order, since, issued)}
         else:
-            store.record_issued(issued)
+            store.call_within(settings.STORE_TIMEOUT_S, store.record_issued, issued)
     except Exception as exc:  # the store is down: show the cards rather than fail the call
         log.warning("decision memory not available (%s): cards shown, not recorded", type(exc).__name__)
     shown: list[Card] = []

@@ -107,23 +107,32 @@ def _call(service_id: str, started: float) -> Response:
                                rt.settings.AUDIT_4XX_PER_MINUTE)
 
     try:
-        iss = authenticate()
-        hook_request = parse_request(read_json(), service.hook, rt.limits)
+        iss = authenticate()  # may wait (keys, the replay store): before the call slot is taken
+        check_content_type(request.headers.get("Content-Type"))
+        body = read_body()
     except (CdsError, HTTPException) as exc:
         audit_refused(exc)
         raise
-    mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
-    try:
-        result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
-                              client_call=True)
-    except BadRequest as exc:  # the prefetch's count limit, checked once an IVIG order needs it
-        audit_refused(exc)
-        raise
-    rt.store.audit(result.audit)
-    log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
-             result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",
-             len(result.withheld), result.audit.latency_ms)
-    return _json(result.body, result.status)
+    # The computing holds one of the process's call slots (engine/gate.py); waits give it up.
+    with rt.gate.held():
+        try:
+            hook_request = parse_request(parse_json(body, rt.limits), service.hook, rt.limits)
+        except (CdsError, HTTPException) as exc:
+            audit_refused(exc)
+            raise
+        del body
+        mark_sensitive(hook_request.patient_id, hook_request.access_token, hook_request.encounter_id)
+        try:
+            result = pipeline.run(rt, service, hook_request, base_url=base_url, client_iss=iss, started=started,
+                                  client_call=True)
+        except BadRequest as exc:  # the prefetch's count limit, checked once an IVIG order needs it
+            audit_refused(exc)
+            raise
+        rt.store.audit(result.audit)
+        log.info("hook call service=%s outcome=%s cards=%s withheld=%d ms=%.1f", service.id,
+                 result.audit.outcome, ",".join(c["cardId"] for c in result.audit.cards) or "-",
+                 len(result.withheld), result.audit.latency_ms)
+        return _json(result.body, result.status)
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -56,6 +56,7 @@ from urllib.parse import urljoin, urlsplit
 
 from cds_service import protocol
 from cds_service.engine.fhir.client import FhirClient, FhirError
+from cds_service.engine.gate import released
 from cds_service.engine.services import ServiceDefinition
 from cds_service.errors import PreconditionFailed
 from cds_service.protocol import HookRequest
@@ -386,7 +387,8 @@ def gather(request: HookRequest, service: ServiceDefinition, settings: Settings,
             for job in jobs.values() if job.finished_at is None
         }
         if futures:
-            wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            with released():  # other calls compute while this one waits for the FHIR server
+                wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         for future, job in futures.items():
             if not future.done():
                 job.abandoned.set()
