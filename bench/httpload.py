@@ -242,6 +242,18 @@ class LoadPhase:
     def calls_per_s(self) -> list[float]:
         return [run.calls_per_s for run in self.runs]
 
+    @property
+    def server_cpu_s(self) -> float | None:
+        """Server CPU seconds over all runs (None when a run could not read it)."""
+        if not self.runs or any(run.server_cpu_s is None for run in self.runs):
+            return None
+        return sum(run.server_cpu_s or 0.0 for run in self.runs)
+
+    @property
+    def server_cpu_per_call(self) -> float | None:
+        total = self.server_cpu_s
+        return None if total is None else total / max(1, self.calls)
+
     def summary(self, kind: str | None = None) -> tuple[float, float]:
         values = self.latencies(kind)
         return median(values), p99(values)

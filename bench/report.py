@@ -186,11 +186,10 @@ def render(results: Results, out: Path) -> str:
             error_text = str(phase.error_count) + (
                 f" ({', '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else "")
             wall = sum(run.wall_s for run in phase.runs)
-            server_cpu = [run.server_cpu_s for run in phase.runs]
             calls = max(1, phase.calls)
-            server = "n/a" if any(c is None for c in server_cpu) else (
-                f"{sum(c or 0.0 for c in server_cpu) / wall:.2f} cores busy, "
-                f"{_ms(sum(c or 0.0 for c in server_cpu) / calls)} per call")
+            server_cpu, server_per_call = phase.server_cpu_s, phase.server_cpu_per_call
+            server = "n/a" if server_cpu is None or server_per_call is None else (
+                f"{server_cpu / wall:.2f} cores busy, {_ms(server_per_call)} per call")
             loadgen_cpu = sum(run.loadgen_cpu_s for run in phase.runs)
             loadgen = f"{loadgen_cpu / wall:.2f} cores busy, {_ms(loadgen_cpu / calls)} per call"
             if phase.runs and phase.runs[0].wrk is not None:
@@ -246,8 +245,8 @@ def render(results: Results, out: Path) -> str:
                 "part directly: the same gunicorn configuration under the same load, serving `bench/noop_wsgi.py` "
                 "(reads the body, answers `{\"cards\":[]}`), so its CPU per call is the HTTP layer's own.")
             mix = next((p for p in results.http_phases if p.name == "mix"), None)
-            if mix is not None and mix.runs and all(r.server_cpu_s is not None for r in mix.runs):
-                server_per_call = sum(r.server_cpu_s or 0.0 for r in mix.runs) / max(1, mix.calls)
+            server_per_call = None if mix is None else mix.server_cpu_per_call
+            if mix is not None and server_per_call is not None:
                 loadgen_per_call = sum(r.loadgen_cpu_s for r in mix.runs) / max(1, mix.calls)
                 add("")
                 add(f"CPU ceiling: at {_ms(server_per_call)} of server CPU and {_ms(loadgen_per_call)} of load "

@@ -422,9 +422,7 @@ class Runner:
 
     def _layer_cpu_per_call(self) -> float | None:
         layer = next((p for p in self.results.http_phases if p.name == "http-layer"), None)
-        if layer is None or not layer.runs or any(r.server_cpu_s is None for r in layer.runs):
-            return None
-        return sum(r.server_cpu_s or 0.0 for r in layer.runs) / max(1, layer.calls)
+        return None if layer is None else layer.server_cpu_per_call
 
     def _http_targets(self, mix: httpload.LoadPhase) -> None:
         """Issue 16 over HTTP: the throughput goal, the HTTP layer's CPU per call, a large body."""
@@ -432,9 +430,8 @@ class Runner:
         self._target("http-goal", f"HTTP, 16 clients, 50/50 mix: >= {HTTP_GOAL_CALLS_PER_S:,.0f} calls/s with p99 <= "
                      f"{HTTP_GOAL_P99_S * 1000:.0f} ms (a goal)", f"{rate:.0f} calls/s, p99 {_ms(p99_s)}",
                      rate >= HTTP_GOAL_CALLS_PER_S and p99_s <= HTTP_GOAL_P99_S and mix.error_count == 0, None)
-        cpu = [r.server_cpu_s for r in mix.runs]
-        if self.results.mix_process_cpu_s is not None and mix.runs and all(c is not None for c in cpu):
-            server = sum(c or 0.0 for c in cpu) / max(1, mix.calls)
+        server = mix.server_cpu_per_call
+        if self.results.mix_process_cpu_s is not None and server is not None:
             overhead = server - self.results.mix_process_cpu_s
             layer = self._layer_cpu_per_call()
             alone = "" if layer is None else (

@@ -47,7 +47,6 @@ class CallGate:
     """``slots`` calls computing at once (0: no limit)."""
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots
         self._semaphore = threading.BoundedSemaphore(slots) if slots > 0 else None
         self.waited_out = 0  # calls that computed without a slot after MAX_WAIT_S
 
@@ -65,14 +64,13 @@ class CallGate:
                 _held.gate = None
                 self._semaphore.release()
 
-    def _take(self) -> bool:
+    def _take(self) -> None:
         assert self._semaphore is not None
         if self._semaphore.acquire(timeout=MAX_WAIT_S):
             _held.gate = self
-            return True
+            return
         self.waited_out += 1
         log.warning("no call slot within %.0f s: computing without one (%d so far)", MAX_WAIT_S, self.waited_out)
-        return False
 
 
 @contextmanager

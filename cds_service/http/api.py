@@ -36,8 +36,13 @@ def authenticate() -> str | None:
 
 
 def read_json() -> Any:
+    return parse_json(read_json_body(), runtime().limits)
+
+
+def read_json_body() -> bytes:
+    """The body of a request that says it is JSON (415 otherwise), not yet decoded."""
     check_content_type(request.headers.get("Content-Type"))
-    return parse_json(read_body(), runtime().limits)
+    return read_body()
 
 
 def read_body() -> bytes:
@@ -108,8 +113,7 @@ def _call(service_id: str, started: float) -> Response:
 
     try:
         iss = authenticate()  # may wait (keys, the replay store): before the call slot is taken
-        check_content_type(request.headers.get("Content-Type"))
-        body = read_body()
+        body = read_json_body()
     except (CdsError, HTTPException) as exc:
         audit_refused(exc)
         raise
