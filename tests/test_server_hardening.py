@@ -140,6 +140,36 @@ def test_partial_header_connections_do_not_starve_the_workers(served: Gunicorn) 
             sock.close()
 
 
+def test_half_sent_bodies_do_not_starve_the_workers(served: Gunicorn) -> None:
+    """64 clients that send a whole header (Content-Length among the other headers, not last) and half
+    of the body they declared: the event loop holds them, no thread waits on them."""
+    host, port = served.base_url.removeprefix("http://").split(":")
+    body = json.dumps(hook_request()).encode()
+    head = (f"POST {SELECT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: application/json\r\nAuthorization: Bearer {served.token(SELECT)}\r\n\r\n").encode()
+    held = []
+    try:
+        for _ in range(64):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(head + body[:len(body) // 2])
+            held.append(sock)
+        time.sleep(0.3)  # let both workers accept them
+        started = time.monotonic()
+        assert requests.get(served.base_url + "/healthz", timeout=5).status_code == 200
+        response = requests.post(served.base_url + SELECT, json=hook_request(), headers=served.headers(SELECT),
+                                 timeout=5)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200 and response.json()["cards"]
+        assert elapsed < 1.0, f"healthz + hook call took {elapsed:.2f}s with 64 half-sent bodies"
+        # and a held call completes when the rest of its body arrives
+        held[0].sendall(body[len(body) // 2:])
+        held[0].settimeout(10)
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_request_whose_header_never_ends_is_dropped(served: Gunicorn) -> None:
     (sock,) = _partial_connections(served.base_url, 1)
     with sock:
